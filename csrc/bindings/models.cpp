@@ -1,0 +1,121 @@
+// Models and weights I/O in one translation unit: each unit that includes torch/extension.h
+// costs about half a minute of build time on two cores.
+#include <pybind11/stl.h>
+#include <torch/extension.h>
+
+#include <sstream>
+
+#include "bindings/bindings.h"
+#include "io/weights.h"
+#include "models/module_tree.h"
+#include "models/resnet.h"
+
+namespace py = pybind11;
+
+namespace torchtl::bindings {
+namespace {
+
+using torch::nn::Module;
+using ModulePtr = std::shared_ptr<Module>;
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+template <typename Items>
+NamedTensors to_pairs(const Items& items) {
+  NamedTensors out;
+  for (const auto& item : items) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+}  // namespace
+
+void init_models(py::module_& m) {
+  // module_local: torch may register torch::nn::Module for its own bindings; ours stays separate.
+  py::class_<Module, ModulePtr>(m, "Module", py::module_local(),
+                                "A C++ torch::nn::Module; torchtl's Python modules wrap these.")
+      .def("describe",
+           [](const Module& self) {
+             auto info = models::describe(self);
+             return py::make_tuple(info.type, info.options);
+           })
+      .def("named_children",
+           [](Module& self) {
+             std::vector<std::pair<std::string, ModulePtr>> out;
+             for (const auto& child : self.named_children()) out.emplace_back(child.key(), child.value());
+             return out;
+           })
+      .def("named_parameters", [](Module& self, bool recurse) { return to_pairs(self.named_parameters(recurse)); },
+           py::arg("recurse") = false)
+      .def("named_buffers", [](Module& self, bool recurse) { return to_pairs(self.named_buffers(recurse)); },
+           py::arg("recurse") = false)
+      .def_property_readonly("training", &Module::is_training)
+      .def("train", [](Module& self, bool mode) { self.train(mode); }, py::arg("mode") = true)
+      .def("sync_training",
+           [](Module& self, const std::vector<bool>& flags) {
+             // Pre-order, so each module ends with its own flag after its parent's recursive train().
+             auto modules = self.modules(/*include_self=*/true);
+             TORCH_CHECK_VALUE(flags.size() == modules.size(), "sync_training: ", flags.size(), " flags for ",
+                               modules.size(), " modules");
+             for (size_t i = 0; i < modules.size(); ++i) modules[i]->train(flags[i]);
+           })
+      .def("forward",
+           [](const ModulePtr& self, const torch::Tensor& input) {
+             auto forward = models::tensor_forward(self);
+             py::gil_scoped_release no_gil;
+             return forward(input);
+           })
+      .def("replace_child", [](Module& self, const std::string& name, ModulePtr child) {
+        models::replace_child(self, name, std::move(child));
+      })
+      .def("adopt_tensors", &models::adopt_tensors, py::arg("parameters"), py::arg("buffers"))
+      .def("__repr__", [](const Module& self) {
+        std::ostringstream out;
+        out << self;
+        return out.str();
+      });
+
+  m.def("make_module", &models::make_module, py::arg("type"), py::arg("options"));
+  m.def("make_sequential", [](const std::vector<ModulePtr>& children) -> ModulePtr {
+    torch::nn::Sequential seq;
+    for (const auto& child : children) seq->push_back(models::to_any_module(child));
+    return seq.ptr();
+  });
+
+  m.def("resnet_architectures", &models::resnet_architectures);
+  m.def(
+      "resnet",
+      [](const std::string& arch, int64_t num_classes, bool zero_init_residual,
+         const std::vector<bool>& replace_stride_with_dilation) -> ModulePtr {
+        auto options = models::resnet_options(arch)
+                           .num_classes(num_classes)
+                           .zero_init_residual(zero_init_residual)
+                           .replace_stride_with_dilation(replace_stride_with_dilation);
+        return models::ResNet(options).ptr();
+      },
+      py::arg("arch"), py::arg("num_classes") = 1000, py::arg("zero_init_residual") = false,
+      py::arg("replace_stride_with_dilation") = std::vector<bool>{false, false, false});
+  m.def("reset_classifier", [](const ModulePtr& model, int64_t num_classes) {
+    auto resnet = std::dynamic_pointer_cast<models::ResNetImpl>(model);
+    TORCH_CHECK_TYPE(resnet != nullptr, "reset_classifier: expected a ResNet, got ", model->name());
+    resnet->reset_classifier(num_classes);
+  });
+}
+
+void init_io(py::module_& m) {
+  m.def("state_dict", [](const Module& module) { return io::state_dict(module); });
+  m.def(
+      "load_state_dict",
+      [](Module& module, const NamedTensors& weights, bool strict) {
+        io::LoadResult result;
+        {
+          py::gil_scoped_release no_gil;
+          result = io::load_state_dict(module, weights, strict);
+        }
+        return py::make_tuple(result.missing_keys, result.unexpected_keys);
+      },
+      py::arg("module"), py::arg("weights"), py::arg("strict") = true);
+  m.def("read_weights", &io::read_weights, py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def("save_state_dict", &io::save_state_dict, py::arg("weights"), py::arg("path"),
+        py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace torchtl::bindings

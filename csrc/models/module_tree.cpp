@@ -1,0 +1,274 @@
+#include "models/module_tree.h"
+
+#include <c10/util/Exception.h>
+
+namespace torchtl::models {
+namespace {
+
+namespace nn = torch::nn;
+
+template <size_t D>
+std::vector<int64_t> to_vector(const torch::ExpandingArray<D>& array) {
+  return std::vector<int64_t>(array->begin(), array->end());
+}
+
+std::string short_type_name(const nn::Module& module) {
+  // "torchtl::models::BasicBlockImpl" -> "BasicBlock", "torch::nn::Conv2dImpl" -> "Conv2d".
+  std::string name = module.name();
+  auto colon = name.rfind("::");
+  if (colon != std::string::npos) name = name.substr(colon + 2);
+  if (name.size() > 4 && name.compare(name.size() - 4, 4, "Impl") == 0) name.resize(name.size() - 4);
+  return name;
+}
+
+const OptionValue& option(const std::string& type, const ModuleOptions& options, const std::string& key) {
+  auto it = options.find(key);
+  TORCH_CHECK_VALUE(it != options.end(), type, ": missing option '", key, "'");
+  return it->second;
+}
+
+int64_t int_option(const std::string& type, const ModuleOptions& options, const std::string& key, std::optional<int64_t> fallback = std::nullopt) {
+  if (fallback && !options.count(key)) return *fallback;
+  const auto& value = option(type, options, key);
+  TORCH_CHECK_TYPE(std::holds_alternative<int64_t>(value), type, ": option '", key, "' must be an int");
+  return std::get<int64_t>(value);
+}
+
+bool bool_option(const std::string& type, const ModuleOptions& options, const std::string& key, bool fallback) {
+  if (!options.count(key)) return fallback;
+  const auto& value = option(type, options, key);
+  TORCH_CHECK_TYPE(std::holds_alternative<bool>(value), type, ": option '", key, "' must be a bool");
+  return std::get<bool>(value);
+}
+
+double float_option(const std::string& type, const ModuleOptions& options, const std::string& key, double fallback) {
+  if (!options.count(key)) return fallback;
+  const auto& value = option(type, options, key);
+  if (std::holds_alternative<int64_t>(value)) return static_cast<double>(std::get<int64_t>(value));
+  TORCH_CHECK_TYPE(std::holds_alternative<double>(value), type, ": option '", key, "' must be a float");
+  return std::get<double>(value);
+}
+
+template <size_t D>
+torch::ExpandingArray<D> array_option(const std::string& type, const ModuleOptions& options, const std::string& key,
+                                      std::optional<int64_t> fallback = std::nullopt) {
+  if (fallback && !options.count(key)) return torch::ExpandingArray<D>(*fallback);
+  const auto& value = option(type, options, key);
+  if (std::holds_alternative<int64_t>(value)) return torch::ExpandingArray<D>(std::get<int64_t>(value));
+  TORCH_CHECK_TYPE(std::holds_alternative<std::vector<int64_t>>(value), type, ": option '", key,
+                   "' must be an int or a tuple of ints");
+  const auto& values = std::get<std::vector<int64_t>>(value);
+  TORCH_CHECK_VALUE(values.size() == D, type, ": option '", key, "' needs ", D, " values, got ", values.size());
+  return torch::ExpandingArray<D>(c10::IntArrayRef(values));
+}
+
+// Module has no setter for a registered parameter; its registry is protected, so reach it here.
+struct ParameterRegistry : nn::Module {
+  static torch::OrderedDict<std::string, torch::Tensor>& of(nn::Module& m) { return m.*(&ParameterRegistry::parameters_); }
+};
+
+// The typed members that forward() reads, kept in step with the registry.
+void update_member(nn::Module& module, const std::string& name, const torch::Tensor& tensor) {
+  auto set = [&](auto* impl) {
+    if (name == "weight") impl->weight = tensor;
+    else if (name == "bias") impl->bias = tensor;
+  };
+  if (auto* conv = dynamic_cast<nn::Conv2dImpl*>(&module)) set(conv);
+  else if (auto* linear = dynamic_cast<nn::LinearImpl*>(&module)) set(linear);
+  else if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(&module)) set(bn);
+}
+
+void check_shape(const nn::Module& module, const char* kind, const std::string& name, const torch::Tensor& own,
+                 const torch::Tensor& given) {
+  TORCH_CHECK_VALUE(!own.defined() || own.sizes() == given.sizes(), module.name(), ": ", kind, " '", name,
+                    "' has shape ", own.sizes(), ", got ", given.sizes());
+}
+
+}  // namespace
+
+TensorForward tensor_forward(const std::shared_ptr<nn::Module>& module) {
+  TORCH_CHECK_VALUE(module != nullptr, "tensor_forward: no module");
+  if (auto composite = std::dynamic_pointer_cast<Composite>(module)) {
+    return [composite](const torch::Tensor& x) { return composite->forward_tensor(x); };
+  }
+  if (auto seq = std::dynamic_pointer_cast<nn::SequentialImpl>(module)) {
+    return [seq](const torch::Tensor& x) { return seq->forward(x); };
+  }
+#define TORCHTL_LEAF_FORWARD(Impl) \
+  if (auto leaf = std::dynamic_pointer_cast<nn::Impl>(module)) return [leaf](const torch::Tensor& x) { return leaf->forward(x); };
+  TORCHTL_LEAF_FORWARD(Conv2dImpl)
+  TORCHTL_LEAF_FORWARD(BatchNorm2dImpl)
+  TORCHTL_LEAF_FORWARD(LinearImpl)
+  TORCHTL_LEAF_FORWARD(ReLUImpl)
+  TORCHTL_LEAF_FORWARD(MaxPool2dImpl)
+  TORCHTL_LEAF_FORWARD(AdaptiveAvgPool2dImpl)
+  TORCHTL_LEAF_FORWARD(DropoutImpl)
+  TORCHTL_LEAF_FORWARD(IdentityImpl)
+  TORCHTL_LEAF_FORWARD(FlattenImpl)
+#undef TORCHTL_LEAF_FORWARD
+  TORCH_CHECK_TYPE(false, "torchtl cannot run a ", module->name(), " as a tensor-to-tensor module");
+}
+
+nn::AnyModule to_any_module(const std::shared_ptr<nn::Module>& module) {
+#define TORCHTL_LEAF_ANY(Impl) \
+  if (auto leaf = std::dynamic_pointer_cast<nn::Impl>(module)) return nn::AnyModule(leaf);
+  TORCHTL_LEAF_ANY(Conv2dImpl)
+  TORCHTL_LEAF_ANY(BatchNorm2dImpl)
+  TORCHTL_LEAF_ANY(LinearImpl)
+  TORCHTL_LEAF_ANY(ReLUImpl)
+  TORCHTL_LEAF_ANY(MaxPool2dImpl)
+  TORCHTL_LEAF_ANY(AdaptiveAvgPool2dImpl)
+  TORCHTL_LEAF_ANY(DropoutImpl)
+  TORCHTL_LEAF_ANY(IdentityImpl)
+  TORCHTL_LEAF_ANY(FlattenImpl)
+#undef TORCHTL_LEAF_ANY
+  TORCH_CHECK_TYPE(false, "a torch::nn::Sequential element can be replaced by a torch.nn layer (Conv2d, BatchNorm2d, ",
+                   "Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten), not by a ",
+                   module ? module->name() : std::string("nothing"));
+}
+
+void replace_child(nn::Module& parent, const std::string& name, std::shared_ptr<nn::Module> module) {
+  if (auto* composite = dynamic_cast<Composite*>(&parent)) {
+    composite->replace_child(name, std::move(module));
+    return;
+  }
+  if (auto* seq = dynamic_cast<nn::SequentialImpl*>(&parent)) {
+    size_t index = 0;
+    try {
+      index = std::stoul(name);
+    } catch (const std::exception&) {
+      TORCH_CHECK_INDEX(false, "Sequential children are named by index, got '", name, "'");
+    }
+    TORCH_CHECK_INDEX(index < seq->size(), "index ", index, " is out of range for a Sequential of ", seq->size());
+    // Sequential has no setter, but its iterator hands out the stored AnyModule by reference.
+    *(seq->begin() + static_cast<std::ptrdiff_t>(index)) = to_any_module(module);
+    seq->replace_module(name, module);
+    return;
+  }
+  TORCH_CHECK_TYPE(false, "cannot replace children of a ", parent.name());
+}
+
+ModuleInfo describe(const nn::Module& module) {
+  ModuleInfo info{short_type_name(module), {}};
+  auto& o = info.options;
+  if (auto* conv = dynamic_cast<const nn::Conv2dImpl*>(&module)) {
+    const auto& opt = conv->options;
+    TORCH_CHECK_TYPE(std::holds_alternative<torch::ExpandingArray<2>>(opt.padding()),
+                     "Conv2d with string padding is not supported");
+    TORCH_CHECK_TYPE(std::holds_alternative<torch::enumtype::kZeros>(opt.padding_mode()),
+                     "Conv2d with padding_mode other than zeros is not supported");
+    o["in_channels"] = opt.in_channels();
+    o["out_channels"] = opt.out_channels();
+    o["kernel_size"] = to_vector(opt.kernel_size());
+    o["stride"] = to_vector(opt.stride());
+    o["padding"] = to_vector(std::get<torch::ExpandingArray<2>>(opt.padding()));
+    o["dilation"] = to_vector(opt.dilation());
+    o["groups"] = opt.groups();
+    o["bias"] = opt.bias();
+  } else if (auto* bn = dynamic_cast<const nn::BatchNorm2dImpl*>(&module)) {
+    const auto& opt = bn->options;
+    o["num_features"] = opt.num_features();
+    o["eps"] = opt.eps();
+    if (opt.momentum()) o["momentum"] = *opt.momentum();  // absent: cumulative average, torch.nn's None
+    o["affine"] = opt.affine();
+    o["track_running_stats"] = opt.track_running_stats();
+  } else if (auto* linear = dynamic_cast<const nn::LinearImpl*>(&module)) {
+    o["in_features"] = linear->options.in_features();
+    o["out_features"] = linear->options.out_features();
+    o["bias"] = linear->options.bias();
+  } else if (auto* relu = dynamic_cast<const nn::ReLUImpl*>(&module)) {
+    o["inplace"] = relu->options.inplace();
+  } else if (auto* pool = dynamic_cast<const nn::MaxPool2dImpl*>(&module)) {
+    o["kernel_size"] = to_vector(pool->options.kernel_size());
+    o["stride"] = to_vector(pool->options.stride());
+    o["padding"] = to_vector(pool->options.padding());
+    o["dilation"] = to_vector(pool->options.dilation());
+    o["ceil_mode"] = pool->options.ceil_mode();
+  } else if (auto* avg = dynamic_cast<const nn::AdaptiveAvgPool2dImpl*>(&module)) {
+    std::vector<int64_t> size;
+    for (const auto& s : *avg->options.output_size()) {
+      TORCH_CHECK_TYPE(s.has_value(), "AdaptiveAvgPool2d with a None output size is not supported");
+      size.push_back(*s);
+    }
+    o["output_size"] = size;
+  } else if (auto* dropout = dynamic_cast<const nn::DropoutImpl*>(&module)) {
+    o["p"] = dropout->options.p();
+    o["inplace"] = dropout->options.inplace();
+  } else if (auto* flatten = dynamic_cast<const nn::FlattenImpl*>(&module)) {
+    o["start_dim"] = flatten->options.start_dim();
+    o["end_dim"] = flatten->options.end_dim();
+  }
+  return info;
+}
+
+std::shared_ptr<nn::Module> make_module(const std::string& type, const ModuleOptions& o) {
+  if (type == "Conv2d") {
+    return nn::Conv2d(nn::Conv2dOptions(int_option(type, o, "in_channels"), int_option(type, o, "out_channels"),
+                                        array_option<2>(type, o, "kernel_size"))
+                          .stride(array_option<2>(type, o, "stride", 1))
+                          .padding(array_option<2>(type, o, "padding", 0))
+                          .dilation(array_option<2>(type, o, "dilation", 1))
+                          .groups(int_option(type, o, "groups", 1))
+                          .bias(bool_option(type, o, "bias", true)))
+        .ptr();
+  }
+  if (type == "BatchNorm2d") {
+    nn::BatchNorm2dOptions opt(int_option(type, o, "num_features"));
+    opt.eps(float_option(type, o, "eps", 1e-5))
+        .affine(bool_option(type, o, "affine", true))
+        .track_running_stats(bool_option(type, o, "track_running_stats", true));
+    opt.momentum(o.count("momentum") ? std::optional<double>(float_option(type, o, "momentum", 0.1)) : std::nullopt);
+    return nn::BatchNorm2d(opt).ptr();
+  }
+  if (type == "Linear") {
+    return nn::Linear(nn::LinearOptions(int_option(type, o, "in_features"), int_option(type, o, "out_features"))
+                          .bias(bool_option(type, o, "bias", true)))
+        .ptr();
+  }
+  if (type == "ReLU") return nn::ReLU(nn::ReLUOptions(bool_option(type, o, "inplace", false))).ptr();
+  if (type == "MaxPool2d") {
+    auto kernel = array_option<2>(type, o, "kernel_size");
+    return nn::MaxPool2d(nn::MaxPool2dOptions(kernel)
+                             .stride(o.count("stride") ? array_option<2>(type, o, "stride") : kernel)
+                             .padding(array_option<2>(type, o, "padding", 0))
+                             .dilation(array_option<2>(type, o, "dilation", 1))
+                             .ceil_mode(bool_option(type, o, "ceil_mode", false)))
+        .ptr();
+  }
+  if (type == "AdaptiveAvgPool2d") {
+    auto size = array_option<2>(type, o, "output_size");
+    return nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({(*size)[0], (*size)[1]})).ptr();
+  }
+  if (type == "Dropout") {
+    return nn::Dropout(nn::DropoutOptions(float_option(type, o, "p", 0.5)).inplace(bool_option(type, o, "inplace", false))).ptr();
+  }
+  if (type == "Identity") return nn::Identity().ptr();
+  if (type == "Flatten") {
+    return nn::Flatten(nn::FlattenOptions().start_dim(int_option(type, o, "start_dim", 1)).end_dim(int_option(type, o, "end_dim", -1))).ptr();
+  }
+  TORCH_CHECK_TYPE(false, "torchtl cannot build a C++ ", type,
+                   "; supported: Conv2d, BatchNorm2d, Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten, Sequential");
+}
+
+void adopt_tensors(nn::Module& module, const std::vector<std::pair<std::string, torch::Tensor>>& parameters,
+                   const std::vector<std::pair<std::string, torch::Tensor>>& buffers) {
+  auto& registry = ParameterRegistry::of(module);
+  for (const auto& [name, tensor] : parameters) {
+    torch::Tensor* slot = registry.find(name);
+    TORCH_CHECK_VALUE(slot != nullptr, module.name(), " has no parameter '", name, "'");
+    check_shape(module, "parameter", name, *slot, tensor);
+    *slot = tensor;
+    update_member(module, name, tensor);
+  }
+  // Buffers are private to Module. Sharing the storage (set_data) is as good as identity for
+  // them: BatchNorm updates its running statistics in place, and nobody takes their gradient.
+  auto own_buffers = module.named_buffers(/*recurse=*/false);
+  for (const auto& [name, tensor] : buffers) {
+    torch::Tensor* slot = own_buffers.find(name);
+    TORCH_CHECK_VALUE(slot != nullptr, module.name(), " has no buffer '", name, "'");
+    check_shape(module, "buffer", name, *slot, tensor);
+    if (!slot->is_same(tensor)) slot->set_data(tensor);
+  }
+}
+
+}  // namespace torchtl::models

@@ -1,0 +1,127 @@
+"""Weights in and out: torchvision modules, state dicts, torch.save files and traced archives."""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from torchtl import _C
+
+
+class WeightsMismatchError(ValueError):
+    """The weights do not fit the model; the message lists every missing, unexpected and wrongly shaped key."""
+
+
+class LoadResult(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+def _unwrap_checkpoint(mapping: Mapping):
+    if mapping and all(isinstance(v, torch.Tensor) for v in mapping.values()):
+        return mapping
+    for key in ("model", "state_dict"):
+        if isinstance(mapping.get(key), Mapping):
+            return _unwrap_checkpoint(mapping[key])
+    raise ValueError("expected a state dict (names to tensors) or a checkpoint holding one under 'model' or 'state_dict'")
+
+
+def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
+    """Weights from any source torchtl accepts, as an ordered list of (name, tensor).
+
+    ``source`` is a module (torchvision's, torchtl's, a loaded TorchScript module), a state dict
+    (or a checkpoint dict holding one under ``"model"``/``"state_dict"``), or the path of a
+    ``torch.save`` file or a ``torch.jit.trace``/``torch.jit.script`` archive.
+    """
+    try:
+        from torchvision.models import WeightsEnum
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        WeightsEnum = ()
+    if WeightsEnum and isinstance(source, WeightsEnum):
+        # torchvision's own weight enums load from the local hub cache (or download, where allowed).
+        source = source.get_state_dict(progress=False)
+    if isinstance(source, nn.Module):
+        pairs = list(source.state_dict().items())
+    elif isinstance(source, Mapping):
+        pairs = list(_unwrap_checkpoint(source).items())
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weights file not found: {path}")
+        pairs = _C.read_weights(path)
+    else:
+        raise TypeError(f"weights must be a module, a state dict or a path, got {type(source).__name__}")
+    # Checkpoints written from nn.DataParallel / DistributedDataParallel prefix every key.
+    if pairs and all(k.startswith("module.") for k, _ in pairs):
+        pairs = [(k[len("module."):], v) for k, v in pairs]
+    return pairs
+
+
+def _cpp_root(model):
+    cpp = getattr(model, "_cpp", None)
+    if cpp is None:
+        raise TypeError(f"expected a torchtl model, got {type(model).__name__}; for a torch.nn model use load_state_dict")
+    return cpp
+
+
+def load_weights(model: nn.Module, source, strict: bool = True) -> LoadResult:
+    """Copies weights from ``source`` (see read_state_dict) into a torchtl model, in C++.
+
+    Raises WeightsMismatchError listing every missing, unexpected and wrongly shaped key; with
+    ``strict=False`` only wrong shapes raise, and the missing/unexpected keys are returned.
+    """
+    pairs = read_state_dict(source)
+    try:
+        missing, unexpected = _C.load_state_dict(_cpp_root(model), pairs, strict)
+    except ValueError as e:
+        raise WeightsMismatchError(str(e)) from None
+    return LoadResult(missing, unexpected)
+
+
+def load_pretrained(model: nn.Module, source, head_prefixes: tuple[str, ...]) -> None:
+    """Loads ``source`` whole, except head tensors whose shape differs (another num_classes): those
+    keep their fresh initialisation, with a warning naming them."""
+    pairs = read_state_dict(source)
+    own = model.state_dict()
+    reinitialised = [k for k, v in pairs if k.startswith(head_prefixes) and k in own and own[k].shape != v.shape]
+    if reinitialised:
+        warnings.warn(f"num_classes differs from the weights: re-initialised {', '.join(reinitialised)}", stacklevel=3)
+        skip = set(reinitialised)
+        pairs = [(k, v) for k, v in pairs if k not in skip] + [(k, own[k]) for k in reinitialised]
+    try:
+        _C.load_state_dict(_cpp_root(model), pairs, True)
+    except ValueError as e:
+        raise WeightsMismatchError(str(e)) from None
+
+
+def num_classes_in(source, head_key: str) -> int | None:
+    """The class count of the head in ``source`` (rows of ``head_key``), or None if absent."""
+    for key, value in read_state_dict(source):
+        if key == head_key:
+            return int(value.shape[0])
+    return None
+
+
+def export_traced(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor | None = None) -> str:
+    """Writes the traced archive the seeds load in C++ (``torch.jit.trace(...).save(path)``).
+
+    ``model`` is a torchvision model or a torchtl one (traced through its torchvision twin, so the
+    archive is exactly what torchvision would produce). Traced in eval mode on CPU.
+    """
+    twin = model.to_torchvision() if hasattr(model, "to_torchvision") else model
+    was_training = twin.training
+    twin = twin.eval().cpu()
+    if example_input is None:
+        example_input = torch.randn(1, 3, 224, 224)
+    with warnings.catch_warnings():
+        # torch.jit.trace is deprecated, but its archives are what LibTorch programs load.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            traced = torch.jit.trace(twin, example_input, strict=False)
+        traced.save(os.fspath(path))
+    twin.train(was_training)
+    return os.fspath(path)
