@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -30,6 +31,21 @@ def _unwrap_checkpoint(mapping: Mapping):
     raise ValueError("expected a state dict (names to tensors) or a checkpoint holding one under 'model' or 'state_dict'")
 
 
+def _read_file(path: str):
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"'{path}' is not a PyTorch archive (expected torch.save or torch.jit.save output)")
+    with zipfile.ZipFile(path) as archive:
+        scripted = any(name.endswith("/constants.pkl") for name in archive.namelist())
+    if scripted:
+        return _C.read_weights(path)  # the same C++ reader LibTorch programs use
+    # torch.save'd state dicts are OrderedDicts with Python-only metadata that LibTorch's
+    # unpickler rejects, so Python reads these (weights_only: no code runs).
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
+    return list(_unwrap_checkpoint(obj).items())
+
+
 def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
     """Weights from any source torchtl accepts, as an ordered list of (name, tensor).
 
@@ -52,7 +68,7 @@ def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file not found: {path}")
-        pairs = _C.read_weights(path)
+        pairs = _read_file(path)
     else:
         raise TypeError(f"weights must be a module, a state dict or a path, got {type(source).__name__}")
     # Checkpoints written from nn.DataParallel / DistributedDataParallel prefix every key.

@@ -1,6 +1,7 @@
 #include "io/weights.h"
 
 #include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/script.h>
 
 #include <cstdio>
@@ -124,7 +125,15 @@ StateDict read_weights(const std::string& path) {
   }
   std::ifstream in(path, std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return from_pickled(torch::pickle_load(bytes), path);
+  c10::IValue value;
+  try {
+    value = torch::pickle_load(bytes);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, "'", path, "' could not be unpickled in C++: ", e.what_without_backtrace(),
+                      ". torch.save(model.state_dict()) stores an OrderedDict with Python-only metadata; save ",
+                      "dict(model.state_dict()) instead, or a traced archive (torchtl.export_traced)");
+  }
+  return from_pickled(value, path);
 }
 
 LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool strict) {
@@ -134,15 +143,26 @@ LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool
 void save_state_dict(const StateDict& weights, const std::string& path) {
   c10::Dict<std::string, torch::Tensor> dict;
   for (const auto& [name, tensor] : weights) dict.insert(name, tensor.detach().cpu());
-  const auto bytes = torch::pickle_save(c10::IValue(dict));
-  // Written beside the target and renamed over it, so a crash never leaves a half file.
+  // torch::pickle_save would tag the dict with its C++ type, which torch.load(weights_only=True)
+  // refuses; an untagged pickle in torch.save's zip layout loads as a plain dict.
+  std::vector<char> pickled;
+  torch::jit::Pickler pickler([&](const char* data, size_t size) { pickled.insert(pickled.end(), data, data + size); },
+                              /*tensor_table=*/nullptr, /*type_renamer=*/nullptr, /*memoized_class_types=*/nullptr,
+                              /*get_tensor_id=*/nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(c10::IValue(dict));
+  pickler.stop();
+  // Written beside the target and renamed over it, so a crash never leaves a half-written file.
   const std::string tmp = path + ".tmp";
   {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    TORCH_CHECK(out.good(), "cannot write '", tmp, "'");
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    TORCH_CHECK(out.good(), "failed writing '", tmp, "'");
+    caffe2::serialize::PyTorchStreamWriter writer(tmp);
+    writer.writeRecord("data.pkl", pickled.data(), pickled.size());
+    const auto& tensors = pickler.tensorData();
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      auto data = torch::jit::getWriteableTensorData(tensors[i]);
+      writer.writeRecord("data/" + std::to_string(i), data.data(), data.sizeInBytes());
+    }
+    writer.writeEndOfFile();
   }
   TORCH_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path, "'");
 }
