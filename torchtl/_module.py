@@ -231,25 +231,39 @@ class CppModule(_Mirror, nn.Module):
 class Sequential(_Mirror, nn.Sequential):
     """torch::nn::Sequential as an nn.Sequential; forward runs in C++."""
 
-    def __init__(self, cpp, tree: _Tree):
+    def __init__(self, cpp, tree: _Tree, type_name: str = "Sequential"):
         nn.Sequential.__init__(self)
         self._init_mirror(cpp, tree)
+        object.__setattr__(self, "_type_name", type_name)  # DeepLabHead, FCNHead, ASPPConv, ...
 
     def _get_name(self):
-        return "Sequential"
+        return self._type_name
 
     def __setitem__(self, idx, module):
         name = str(range(len(self))[idx]) if isinstance(idx, int) else str(idx)
         setattr(self, name, module)
 
 
+class ModuleList(_Mirror, nn.ModuleList):
+    """torch::nn::ModuleList as an nn.ModuleList (its owner runs it)."""
+
+    def __init__(self, cpp, tree: _Tree):
+        nn.ModuleList.__init__(self)
+        self._init_mirror(cpp, tree)
+
+    def forward(self, input):
+        raise NotImplementedError("ModuleList has no forward; its owner runs its modules")
+
+
 def mirror(cpp, tree: _Tree, container_classes=None) -> nn.Module:
     """The Python module tree for a C++ module tree."""
-    type_name, options = cpp.describe()
+    type_name, options, container = cpp.describe()
     if type_name in _LEAF_TYPES:
         return _leaf_from_cpp(type_name, options, cpp)
-    if type_name == "Sequential":
-        module = Sequential(cpp, tree)
+    if container == "Sequential":
+        module = Sequential(cpp, tree, type_name)
+    elif container == "ModuleList":
+        module = ModuleList(cpp, tree)
     else:
         cls = (container_classes or {}).get(type_name, CppModule)
         module = cls(cpp, type_name, tree)
@@ -265,7 +279,7 @@ def mirror(cpp, tree: _Tree, container_classes=None) -> nn.Module:
 def wrap(cpp, root_class, container_classes=None, **attributes):
     """Mirrors a whole C++ model with ``root_class`` (a CppModule subclass) at the top."""
     tree = _Tree(cpp)
-    type_name, _ = cpp.describe()
+    type_name = cpp.describe()[0]
     root = root_class(cpp, type_name, tree)
     for key, value in attributes.items():
         object.__setattr__(root, key, value)

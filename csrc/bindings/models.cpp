@@ -9,6 +9,7 @@
 #include "io/weights.h"
 #include "models/module_tree.h"
 #include "models/resnet.h"
+#include "models/segmentation.h"
 
 namespace py = pybind11;
 
@@ -35,7 +36,7 @@ void init_models(py::module_& m) {
       .def("describe",
            [](const Module& self) {
              auto info = models::describe(self);
-             return py::make_tuple(info.type, info.options);
+             return py::make_tuple(info.type, info.options, info.container);
            })
       .def("named_children",
            [](Module& self) {
@@ -93,6 +94,25 @@ void init_models(py::module_& m) {
       },
       py::arg("arch"), py::arg("num_classes") = 1000, py::arg("zero_init_residual") = false,
       py::arg("replace_stride_with_dilation") = std::vector<bool>{false, false, false});
+  m.def("deeplabv3_resnet", [](const std::string& backbone, int64_t num_classes, bool aux_loss) -> ModulePtr {
+    return models::deeplabv3_resnet(backbone, num_classes, aux_loss).ptr();
+  });
+  m.def("fcn_resnet", [](const std::string& backbone, int64_t num_classes, bool aux_loss) -> ModulePtr {
+    return models::fcn_resnet(backbone, num_classes, aux_loss).ptr();
+  });
+  m.def("forward_dict", [](const ModulePtr& module, const torch::Tensor& input) {
+    torch::OrderedDict<std::string, torch::Tensor> out;
+    if (auto model = std::dynamic_pointer_cast<models::SegmentationModelImpl>(module)) {
+      py::gil_scoped_release no_gil;
+      out = model->forward(input);
+    } else if (auto getter = std::dynamic_pointer_cast<models::IntermediateLayerGetterImpl>(module)) {
+      py::gil_scoped_release no_gil;
+      out = getter->forward(input);
+    } else {
+      TORCH_CHECK_TYPE(false, module->name(), " does not return a dict");
+    }
+    return to_pairs(out);
+  });
   m.def("reset_classifier", [](const ModulePtr& model, int64_t num_classes) {
     auto resnet = std::dynamic_pointer_cast<models::ResNetImpl>(model);
     TORCH_CHECK_TYPE(resnet != nullptr, "reset_classifier: expected a ResNet, got ", model->name());

@@ -1,5 +1,7 @@
 #include "io/weights.h"
 
+#include "models/module_tree.h"
+
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/script.h>
@@ -19,9 +21,11 @@ void append_state(const torch::nn::Module& module, const std::string& prefix, St
   for (const auto& child : module.named_children()) append_state(*child.value(), prefix + child.key() + ".", out);
 }
 
-std::string join(const std::vector<std::string>& items) {
+// A wrong architecture mismatches hundreds of keys; the first few say enough.
+std::string join(const std::vector<std::string>& items, size_t limit = 20) {
   std::ostringstream out;
-  for (size_t i = 0; i < items.size(); ++i) out << (i ? ", " : "") << items[i];
+  for (size_t i = 0; i < items.size() && i < limit; ++i) out << (i ? ", " : "") << items[i];
+  if (items.size() > limit) out << ", ... (" << items.size() - limit << " more)";
   return out.str();
 }
 
@@ -89,7 +93,7 @@ LoadResult load_state_dict(torch::nn::Module& module, const StateDict& weights, 
   const bool fail = !wrong_shapes.empty() || (strict && (!result.missing_keys.empty() || !result.unexpected_keys.empty()));
   if (fail) {
     std::ostringstream msg;
-    msg << "Error(s) in loading weights into " << module.name() << ":";
+    msg << "Error(s) in loading weights into " << models::describe(module).type << ":";
     if (!result.missing_keys.empty()) msg << "\n  " << counted(result.missing_keys.size(), "missing key") << ": " << join(result.missing_keys);
     if (!result.unexpected_keys.empty())
       msg << "\n  " << counted(result.unexpected_keys.size(), "unexpected key") << ": " << join(result.unexpected_keys);

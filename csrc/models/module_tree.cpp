@@ -149,7 +149,9 @@ void replace_child(nn::Module& parent, const std::string& name, std::shared_ptr<
 }
 
 ModuleInfo describe(const nn::Module& module) {
-  ModuleInfo info{short_type_name(module), {}};
+  ModuleInfo info{short_type_name(module), {}, ""};
+  if (dynamic_cast<const nn::SequentialImpl*>(&module)) info.container = "Sequential";
+  if (dynamic_cast<const nn::ModuleListImpl*>(&module)) info.container = "ModuleList";
   auto& o = info.options;
   if (auto* conv = dynamic_cast<const nn::Conv2dImpl*>(&module)) {
     const auto& opt = conv->options;

@@ -54,6 +54,9 @@ using ModuleOptions = std::map<std::string, OptionValue>;
 struct ModuleInfo {
   std::string type;       // torch.nn / torchvision class name: "Conv2d", "BasicBlock", ...
   ModuleOptions options;  // filled for torch::nn leaves; empty for containers
+  // "Sequential" or "ModuleList" when the module is one (torchvision's heads subclass
+  // nn.Sequential), so Python can index it; empty otherwise.
+  std::string container;
 };
 
 ModuleInfo describe(const torch::nn::Module& module);

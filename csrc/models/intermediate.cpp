@@ -1,0 +1,50 @@
+#include "models/intermediate.h"
+
+#include <algorithm>
+#include <set>
+
+namespace torchtl::models {
+
+IntermediateLayerGetterImpl::IntermediateLayerGetterImpl(const std::shared_ptr<torch::nn::Module>& model,
+                                                         ReturnLayers return_layers)
+    : return_layers_(std::move(return_layers)) {
+  TORCH_CHECK_VALUE(model != nullptr, "IntermediateLayerGetter needs a model");
+  std::set<std::string> pending;
+  for (const auto& [name, key] : return_layers_) pending.insert(name);
+  for (const auto& child : model->named_children()) {
+    if (pending.empty()) break;
+    register_module(child.key(), child.value());
+    names_.push_back(child.key());
+    forwards_.push_back(tensor_forward(child.value()));
+    pending.erase(child.key());
+  }
+  if (!pending.empty()) {
+    std::string missing;
+    for (const auto& name : pending) missing += (missing.empty() ? "" : ", ") + name;
+    TORCH_CHECK_VALUE(false, "return_layers are not present in model: ", missing);
+  }
+}
+
+torch::OrderedDict<std::string, torch::Tensor> IntermediateLayerGetterImpl::forward(torch::Tensor x) {
+  torch::OrderedDict<std::string, torch::Tensor> out;
+  for (size_t i = 0; i < forwards_.size(); ++i) {
+    x = forwards_[i](x);
+    for (const auto& [name, key] : return_layers_) {
+      if (name == names_[i]) out.insert(key, x);
+    }
+  }
+  return out;
+}
+
+torch::Tensor IntermediateLayerGetterImpl::forward_tensor(const torch::Tensor&) {
+  TORCH_CHECK_TYPE(false, "IntermediateLayerGetter returns a dict of features, not a tensor");
+}
+
+void IntermediateLayerGetterImpl::replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) {
+  auto it = std::find(names_.begin(), names_.end(), name);
+  TORCH_CHECK_VALUE(it != names_.end(), "IntermediateLayerGetter has no child '", name, "'");
+  forwards_[it - names_.begin()] = tensor_forward(module);
+  replace_module(name, module);
+}
+
+}  // namespace torchtl::models
