@@ -6,6 +6,9 @@
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/script.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -144,19 +147,18 @@ LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool
   return load_state_dict(module, read_weights(path), strict);
 }
 
-void save_state_dict(const StateDict& weights, const std::string& path) {
-  c10::Dict<std::string, torch::Tensor> dict;
-  for (const auto& [name, tensor] : weights) dict.insert(name, tensor.detach().cpu());
-  // torch::pickle_save would tag the dict with its C++ type, which torch.load(weights_only=True)
-  // refuses; an untagged pickle in torch.save's zip layout loads as a plain dict.
+void save_pickle(const c10::IValue& value, const std::string& path) {
+  // torch::pickle_save would tag dicts with their C++ type, which torch.load(weights_only=True)
+  // refuses; an untagged pickle in torch.save's zip layout loads as plain dicts and lists.
   std::vector<char> pickled;
   torch::jit::Pickler pickler([&](const char* data, size_t size) { pickled.insert(pickled.end(), data, data + size); },
                               /*tensor_table=*/nullptr, /*type_renamer=*/nullptr, /*memoized_class_types=*/nullptr,
                               /*get_tensor_id=*/nullptr, /*tag_aggregates=*/false);
   pickler.protocol();
-  pickler.pushIValue(c10::IValue(dict));
+  pickler.pushIValue(value);
   pickler.stop();
-  // Written beside the target and renamed over it, so a crash never leaves a half-written file.
+  // Written beside the target, flushed to disk and renamed over it: a crash at any moment leaves
+  // either the previous file or the new one, never half of one.
   const std::string tmp = path + ".tmp";
   {
     caffe2::serialize::PyTorchStreamWriter writer(tmp);
@@ -168,7 +170,27 @@ void save_state_dict(const StateDict& weights, const std::string& path) {
     }
     writer.writeEndOfFile();
   }
+  int fd = ::open(tmp.c_str(), O_RDONLY);
+  TORCH_CHECK(fd >= 0, "cannot reopen '", tmp, "' to flush it");
+  const int synced = ::fsync(fd);
+  ::close(fd);
+  TORCH_CHECK(synced == 0, "cannot flush '", tmp, "' to disk");
   TORCH_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path, "'");
+}
+
+c10::IValue to_ivalue(const StateDict& weights) {
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& [name, tensor] : weights) dict.insert(name, tensor.detach().cpu());
+  return c10::IValue(dict);
+}
+
+void save_state_dict(const StateDict& weights, const std::string& path) { save_pickle(to_ivalue(weights), path); }
+
+c10::IValue load_pickle(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in.good(), "cannot open '", path, "': no such file or not readable");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return torch::pickle_load(bytes);
 }
 
 void save_weights(const torch::nn::Module& module, const std::string& path) {

@@ -36,6 +36,13 @@ StateDict read_weights(const std::string& path);
 // read_weights + load_state_dict.
 LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool strict = true);
 
+// Writes `value` (dicts, lists, strings, numbers, tensors) in torch.save's format, atomically:
+// Python reads it with torch.load(path) (weights_only). Checkpoints are written with this.
+void save_pickle(const c10::IValue& value, const std::string& path);
+c10::IValue load_pickle(const std::string& path);
+// A state dict as a dict IValue (tensors detached, on the CPU), for save_pickle.
+c10::IValue to_ivalue(const StateDict& weights);
+
 // Writes a state dict that Python opens with torch.load(path) and load_state_dict().
 void save_state_dict(const StateDict& weights, const std::string& path);
 void save_weights(const torch::nn::Module& module, const std::string& path);

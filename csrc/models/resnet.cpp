@@ -139,6 +139,7 @@ nn::Sequential ResNetImpl::make_layer(int64_t planes, int64_t blocks, int64_t st
 
 void ResNetImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
+  if (fc) fc->reset_parameters();
   for (auto& module : modules(/*include_self=*/false)) {
     if (auto* conv = module->as<nn::Conv2d>()) {
       nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
@@ -155,14 +156,17 @@ void ResNetImpl::reset_parameters() {
   }
 }
 
-torch::Tensor ResNetImpl::forward(const torch::Tensor& x) {
+torch::Tensor ResNetImpl::forward(const torch::Tensor& x) { return forward_head(forward_features(x)); }
+
+torch::Tensor ResNetImpl::forward_features(const torch::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == conv1->options.in_channels(), "ResNet expects an N x ",
                     conv1->options.in_channels(), " x H x W batch, got shape ", x.sizes());
   auto out = maxpool(relu(bn1(conv1(x))));
   out = layer4->forward(layer3->forward(layer2->forward(layer1->forward(out))));
-  out = torch::flatten(avgpool(out), 1);
-  return fc ? fc(out) : head_(out);
+  return torch::flatten(avgpool(out), 1);
 }
+
+torch::Tensor ResNetImpl::forward_head(const torch::Tensor& features) { return fc ? fc(features) : head_(features); }
 
 void ResNetImpl::replace_child(const std::string& name, std::shared_ptr<nn::Module> module) {
   if (name == "conv1") return assign_child(*this, name, conv1, module);

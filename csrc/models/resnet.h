@@ -81,6 +81,15 @@ class ResNetImpl : public torch::nn::Module, public Composite {
   torch::Tensor forward_tensor(const torch::Tensor& x) override { return forward(x); }
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 
+  // forward() in two parts, for feature extraction: the pooled, flattened N x num_features
+  // features, and the head applied to them.
+  torch::Tensor forward_features(const torch::Tensor& x);
+  torch::Tensor forward_head(const torch::Tensor& features);
+
+  // torchvision's initialisation (kaiming-normal convolutions, unit BatchNorm, zero_init_residual)
+  // and torch.nn.Linear's default for fc.
+  void reset_parameters();
+
   // A fresh Linear head for `num_classes` (default initialisation, the old head's device and
   // dtype): the seeds' unregister/rebuild/register, done once here.
   void reset_classifier(int64_t num_classes);
@@ -101,7 +110,6 @@ class ResNetImpl : public torch::nn::Module, public Composite {
 
  private:
   torch::nn::Sequential make_layer(int64_t planes, int64_t blocks, int64_t stride, bool dilate);
-  void reset_parameters();
   TensorForward head_;  // runs a non-Linear head swapped in through replace_child("fc")
   int64_t num_features_ = 0;
   int64_t inplanes_ = 64;

@@ -84,8 +84,11 @@ SegmentationModelImpl::SegmentationModelImpl(IntermediateLayerGetter backbone_,
 
 torch::OrderedDict<std::string, torch::Tensor> SegmentationModelImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() == 4, name(), " expects an N x C x H x W batch, got shape ", x.sizes());
-  const auto size = x.sizes().slice(2).vec();
-  auto features = backbone->forward(x);
+  return forward_heads(backbone->forward(x), x.sizes().slice(2));
+}
+
+torch::OrderedDict<std::string, torch::Tensor> SegmentationModelImpl::forward_heads(
+    const torch::OrderedDict<std::string, torch::Tensor>& features, at::IntArrayRef size) {
   torch::OrderedDict<std::string, torch::Tensor> result;
   result.insert("out", upsample_to(classifier_forward_(features["out"]), size));
   if (aux_classifier) {

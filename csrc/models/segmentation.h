@@ -62,6 +62,9 @@ class SegmentationModelImpl : public torch::nn::Module, public Composite {
                         std::shared_ptr<torch::nn::Module> aux_classifier = nullptr);
   torch::OrderedDict<std::string, torch::Tensor> forward(const torch::Tensor& x);
   torch::Tensor forward_tensor(const torch::Tensor& x) override;
+  // forward() after the backbone: the heads on its features, upsampled to `size` (H, W).
+  torch::OrderedDict<std::string, torch::Tensor> forward_heads(const torch::OrderedDict<std::string, torch::Tensor>& features,
+                                                               at::IntArrayRef size);
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 
   IntermediateLayerGetter backbone{nullptr};
