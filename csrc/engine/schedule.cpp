@@ -12,7 +12,7 @@ LRSchedule::LRSchedule(ScheduleOptions options) : options_(std::move(options)) {
   TORCH_CHECK_VALUE(k == "constant" || k == "step" || k == "cosine" || k == "poly", "unknown lr_schedule '", k,
                     "'; choose constant, step, cosine or poly");
   TORCH_CHECK_VALUE(options_.epochs > 0 && options_.iters_per_epoch > 0, "a schedule needs epochs and iterations");
-  TORCH_CHECK_VALUE(options_.warmup_epochs >= 0 && options_.warmup_epochs < options_.epochs || options_.warmup_epochs == 0,
+  TORCH_CHECK_VALUE(options_.warmup_epochs >= 0 && (options_.warmup_epochs == 0 || options_.warmup_epochs < options_.epochs),
                     "warmup_epochs (", options_.warmup_epochs, ") must be shorter than epochs (", options_.epochs, ")");
   TORCH_CHECK_VALUE(k != "step" || options_.step_size > 0, "step schedule needs step_size > 0");
 }

@@ -406,7 +406,8 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     state.iteration = ckpt.at("iteration").toInt();
     state.best_metric = ckpt.at("best_metric").toDouble();
     state.best_epoch = ckpt.at("best_epoch").toInt();
-    at::detail::getDefaultCPUGenerator().set_state(ckpt.at("rng_state").toTensor());
+    auto generator = at::detail::getDefaultCPUGenerator();  // a handle on the global generator
+    generator.set_state(ckpt.at("rng_state").toTensor());
   }
   if (!o.checkpoint_dir().empty()) std::filesystem::create_directories(o.checkpoint_dir());
 

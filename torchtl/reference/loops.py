@@ -211,7 +211,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 nn.utils.clip_grad_norm_(params, clip_grad_norm)
             opt.step()
             it += 1
-            value = float(loss)
+            value = loss.detach().item()
             record["step_losses"].append(value)
             loss_sum += value * x.shape[0]
             images += x.shape[0]

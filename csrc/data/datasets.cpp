@@ -1,0 +1,86 @@
+#include "data/datasets.h"
+
+#include "data/image.h"
+
+namespace torchtl::data {
+namespace {
+
+// Runs `load` and re-throws any error with `context` in front, keeping its Python type.
+template <typename F>
+auto with_context(const std::string& context, F&& load) -> decltype(load()) {
+  try {
+    return load();
+  } catch (const FileNotFoundError& e) {
+    throw FileNotFoundError(context + ": " + e.what_without_backtrace());
+  } catch (const c10::ValueError& e) {
+    throw c10::ValueError(context + ": " + e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    throw c10::Error(context + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw c10::Error(context + ": " + e.what());
+  }
+}
+
+void check_index(size_t index, const MapFile& map) {
+  if (index >= map.entries.size()) {
+    throw c10::IndexError("index " + std::to_string(index) + " is out of range for map file '" + map.path + "' with " +
+                          std::to_string(map.entries.size()) + " samples");
+  }
+}
+
+}  // namespace
+
+MapDataset::MapDataset(const std::string& map_file, MapDatasetOptions options)
+    : map_(read_map_file(map_file, MapFileOptions()
+                                       .kind(MapKind::Classification)
+                                       .num_classes(options.num_classes())
+                                       .skip_bad_lines(options.skip_bad_lines()))),
+      options_(std::move(options)) {}
+
+std::string MapDataset::describe(size_t index) const {
+  check_index(index, map_);
+  return data::describe(map_, map_.entries[index]);
+}
+
+torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
+  check_index(index, map_);
+  const auto& entry = map_.entries[index];
+  auto image = with_context(data::describe(map_, entry) + ", image '" + entry.path + "'", [&] {
+    torch::NoGradGuard no_grad;
+    auto decoded = decode_rgb(read_file(entry.path));
+    if (!options_.transform()) return decoded;
+    auto generator = sample_generator(options_.seed(), epoch, index);
+    return (*options_.transform())(decoded, generator);
+  });
+  return {image, torch::tensor(entry.label, torch::kInt64)};
+}
+
+SegmentationMapDataset::SegmentationMapDataset(const std::string& map_file, SegmentationMapDatasetOptions options)
+    : map_(read_map_file(map_file,
+                         MapFileOptions().kind(MapKind::Segmentation).skip_bad_lines(options.skip_bad_lines()))),
+      options_(std::move(options)) {}
+
+std::string SegmentationMapDataset::describe(size_t index) const {
+  check_index(index, map_);
+  return data::describe(map_, map_.entries[index]);
+}
+
+torch::data::Example<> SegmentationMapDataset::load(size_t index, uint64_t epoch) const {
+  check_index(index, map_);
+  const auto& entry = map_.entries[index];
+  const auto where = data::describe(map_, entry);
+  torch::NoGradGuard no_grad;
+  auto image = with_context(where + ", image '" + entry.path + "'", [&] { return decode_rgb(read_file(entry.path)); });
+  auto mask = with_context(where + ", mask '" + entry.target + "'", [&] { return decode_mask(read_file(entry.target)); });
+  TORCH_CHECK_VALUE(mask.size(0) == image.size(1) && mask.size(1) == image.size(2), where, ": mask '", entry.target,
+                    "' is ", mask.size(0), " x ", mask.size(1), " but image '", entry.path, "' is ", image.size(1),
+                    " x ", image.size(2));
+  if (!options_.transform()) return {image, mask.to(torch::kInt64)};
+  return with_context(where + ", image '" + entry.path + "'", [&]() -> torch::data::Example<> {
+    auto generator = sample_generator(options_.seed(), epoch, index);
+    auto [x, m] = (*options_.transform())(image, mask, generator);
+    return {x, m};
+  });
+}
+
+}  // namespace torchtl::data

@@ -1,0 +1,79 @@
+#pragma once
+// Map-file datasets as torch::data datasets: C++ users hand them to torch::data::make_data_loader;
+// Python goes through torchtl's threaded loader (data/loader.h). Images are read and decoded when
+// a sample is asked for, never all up front.
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/map_file.h"
+#include "data/transforms.h"
+
+namespace torchtl::data {
+
+struct MapDatasetOptions {
+  // Null: the decoded uint8 3 x H x W image is returned as is.
+  TORCH_ARG(std::shared_ptr<const ClassificationTransform>, transform) = nullptr;
+  TORCH_ARG(int64_t, num_classes) = -1;
+  // Seeds the per-sample augmentation generators (see sample_generator).
+  TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(bool, skip_bad_lines) = false;
+};
+
+struct SegmentationMapDatasetOptions {
+  // Null: (uint8 3 x H x W image, int64 H x W mask) as decoded.
+  TORCH_ARG(std::shared_ptr<const SegmentationTransform>, transform) = nullptr;
+  TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(bool, skip_bad_lines) = false;
+};
+
+// path<TAB>label lines -> Example{float32 image, int64 scalar label}.
+class MapDataset : public torch::data::datasets::Dataset<MapDataset> {
+ public:
+  explicit MapDataset(const std::string& map_file, MapDatasetOptions options = {});
+
+  // torch::data's interface; augmentation draws depend on (seed, epoch(), index).
+  torch::data::Example<> get(size_t index) override { return load(index, epoch_); }
+  std::optional<size_t> size() const override { return map_.entries.size(); }
+
+  // Thread-safe: any number of threads may load at once. Errors name the map file, the line
+  // and the path, and keep their type (FileNotFoundError, ValueError, c10::Error).
+  torch::data::Example<> load(size_t index, uint64_t epoch) const;
+
+  void set_epoch(uint64_t epoch) { epoch_ = epoch; }
+  uint64_t epoch() const { return epoch_; }
+  const MapFile& map() const { return map_; }
+  const MapDatasetOptions& options() const { return options_; }
+  // "map file 'x', line N" for sample `index`: how loaders name a sample in their own errors.
+  std::string describe(size_t index) const;
+
+ private:
+  MapFile map_;
+  MapDatasetOptions options_;
+  uint64_t epoch_ = 0;
+};
+
+// image<TAB>mask lines -> Example{float32 image, int64 H x W mask}.
+class SegmentationMapDataset : public torch::data::datasets::Dataset<SegmentationMapDataset> {
+ public:
+  explicit SegmentationMapDataset(const std::string& map_file, SegmentationMapDatasetOptions options = {});
+
+  torch::data::Example<> get(size_t index) override { return load(index, epoch_); }
+  std::optional<size_t> size() const override { return map_.entries.size(); }
+  torch::data::Example<> load(size_t index, uint64_t epoch) const;
+
+  void set_epoch(uint64_t epoch) { epoch_ = epoch; }
+  uint64_t epoch() const { return epoch_; }
+  const MapFile& map() const { return map_; }
+  const SegmentationMapDatasetOptions& options() const { return options_; }
+  std::string describe(size_t index) const;
+
+ private:
+  MapFile map_;
+  SegmentationMapDatasetOptions options_;
+  uint64_t epoch_ = 0;
+};
+
+}  // namespace torchtl::data

@@ -1,0 +1,230 @@
+#include "data/loader.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <sstream>
+
+#include "data/transforms.h"
+
+// OpenMP's team size for the calling thread only. Weak, so a torch built without OpenMP (ATen's
+// native thread pool) still loads this library; there the call is skipped.
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+
+namespace torchtl::data {
+namespace {
+
+// Each loader thread already is one of the parallel streams. ATen would otherwise open an
+// OpenMP team of get_num_threads() inside every resize and conversion of every worker: N workers
+// x M intra-op threads on M cores, which measured 50-100x slower per image here under load.
+// (at::in_parallel_region() only consults omp_in_parallel(), so c10::ParallelGuard cannot do it.)
+void serial_intra_op() {
+  if (omp_set_num_threads) omp_set_num_threads(1);
+}
+
+std::string message_of(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
+std::string shape_of(const torch::Tensor& t) {
+  std::ostringstream out;
+  out << t.sizes() << " " << t.scalar_type();
+  return out.str();
+}
+
+size_t count_batches(size_t n, const LoaderOptions& o) {
+  const auto bs = static_cast<size_t>(o.batch_size());
+  return o.drop_last() ? n / bs : (n + bs - 1) / bs;
+}
+
+}  // namespace
+
+std::vector<int64_t> sample_order(size_t dataset_size, const LoaderOptions& options, uint64_t epoch) {
+  std::vector<int64_t> order;
+  if (options.shuffle()) {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(mix_seed(options.seed(), epoch, ~uint64_t{0}));
+    auto perm = torch::randperm(static_cast<int64_t>(dataset_size), generator, torch::kInt64);
+    order.assign(perm.data_ptr<int64_t>(), perm.data_ptr<int64_t>() + dataset_size);
+  } else {
+    order.resize(dataset_size);
+    for (size_t i = 0; i < dataset_size; ++i) order[i] = static_cast<int64_t>(i);
+  }
+  return order;
+}
+
+LoaderEpoch::LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options, uint64_t epoch)
+    : load_(std::move(load)),
+      describe_(std::move(describe)),
+      options_(std::move(options)),
+      epoch_(epoch),
+      num_batches_(count_batches(dataset_size, options_)),
+      window_(static_cast<size_t>(std::max<int64_t>(options_.num_workers(), 1) * options_.prefetch_factor())) {
+  order_ = sample_order(dataset_size, options_, epoch_);
+  for (int64_t i = 0; i < options_.num_workers(); ++i) workers_.emplace_back([this] { work(); });
+}
+
+LoaderEpoch::~LoaderEpoch() { close(); }
+
+void LoaderEpoch::close() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  room_.notify_all();
+  ready_.notify_all();
+  for (auto& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+  workers_.clear();
+}
+
+void LoaderEpoch::work() {
+  serial_intra_op();
+  while (true) {
+    size_t b;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      room_.wait(lock, [&] {
+        return stop_ || next_to_load_ >= num_batches_ || next_to_load_ < next_to_hand_out_ + window_;
+      });
+      if (stop_ || next_to_load_ >= num_batches_) return;
+      b = next_to_load_++;
+    }
+    Result result = load_batch(b);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      results_.emplace(b, std::move(result));
+    }
+    ready_.notify_all();
+  }
+}
+
+LoaderEpoch::Result LoaderEpoch::load_batch(size_t b) {
+  Result result;
+  const size_t bs = static_cast<size_t>(options_.batch_size());
+  const size_t begin = b * bs, end = std::min(begin + bs, order_.size());
+  std::vector<std::vector<torch::Tensor>> samples;
+  std::vector<int64_t> indices;
+  std::vector<std::string> skipped;
+  samples.reserve(end - begin);
+  for (size_t k = begin; k < end; ++k) {
+    if (options_.num_workers() > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stop_) return result;
+    }
+    const auto index = static_cast<size_t>(order_[k]);
+    try {
+      samples.push_back(load_(index, epoch_));
+      indices.push_back(static_cast<int64_t>(index));
+    } catch (...) {
+      if (!options_.skip_errors()) {
+        result.error = std::current_exception();
+        return result;
+      }
+      skipped.push_back(message_of(std::current_exception()));
+    }
+  }
+  try {
+    result.batch = collate(samples, std::move(indices), std::move(skipped));
+  } catch (...) {
+    result.error = std::current_exception();
+  }
+  return result;
+}
+
+Batch LoaderEpoch::collate(std::vector<std::vector<torch::Tensor>>& samples, std::vector<int64_t> indices,
+                           std::vector<std::string> skipped) const {
+  Batch batch;
+  batch.indices = std::move(indices);
+  batch.skipped = std::move(skipped);
+  if (samples.empty()) return batch;
+  const size_t fields = samples[0].size();
+  for (size_t f = 0; f < fields; ++f) {
+    const auto& first = samples[0][f];
+    for (size_t s = 1; s < samples.size(); ++s) {
+      TORCH_CHECK_VALUE(samples[s].size() == fields, describe_(batch.indices[s]), " gives ", samples[s].size(),
+                        " fields but ", describe_(batch.indices[0]), " gives ", fields);
+      const auto& other = samples[s][f];
+      TORCH_CHECK_VALUE(other.sizes() == first.sizes() && other.scalar_type() == first.scalar_type(),
+                        "cannot batch samples of different shapes: ", describe_(batch.indices[0]), " is ",
+                        shape_of(first), " but ", describe_(batch.indices[s]), " is ", shape_of(other),
+                        "; use a transform with a fixed output size, or batch_size=1");
+    }
+    std::vector<int64_t> shape{static_cast<int64_t>(samples.size())};
+    shape.insert(shape.end(), first.sizes().begin(), first.sizes().end());
+    auto out = torch::empty(shape, torch::TensorOptions().dtype(first.scalar_type()).pinned_memory(options_.pin_memory()));
+    for (size_t s = 0; s < samples.size(); ++s) out[static_cast<int64_t>(s)].copy_(samples[s][f]);
+    batch.fields.push_back(std::move(out));
+  }
+  return batch;
+}
+
+std::optional<Batch> LoaderEpoch::next() {
+  // Messages of skipped samples whose whole batch was skipped ride on the next batch handed out.
+  std::vector<std::string> carried;
+  while (true) {
+    Result result;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      TORCH_CHECK(!stop_, "this loader epoch was closed");
+      if (next_to_hand_out_ >= num_batches_) {
+        if (carried.empty()) return std::nullopt;
+        return Batch{{}, {}, std::move(carried)};
+      }
+      if (options_.num_workers() == 0) {
+        lock.unlock();
+        result = load_batch(next_to_hand_out_);
+        lock.lock();
+      } else {
+        ready_.wait(lock, [&] { return stop_ || results_.count(next_to_hand_out_) > 0; });
+        TORCH_CHECK(!stop_, "this loader epoch was closed");
+        auto it = results_.find(next_to_hand_out_);
+        result = std::move(it->second);
+        results_.erase(it);
+      }
+      ++next_to_hand_out_;
+    }
+    room_.notify_all();
+    if (result.error) std::rethrow_exception(result.error);
+    if (result.batch.fields.empty()) {
+      carried.insert(carried.end(), result.batch.skipped.begin(), result.batch.skipped.end());
+      continue;
+    }
+    result.batch.skipped.insert(result.batch.skipped.begin(), carried.begin(), carried.end());
+    return std::move(result.batch);
+  }
+}
+
+ThreadedLoader::ThreadedLoader(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options)
+    : load_(std::move(load)), describe_(std::move(describe)), dataset_size_(dataset_size), options_(std::move(options)) {
+  TORCH_CHECK_VALUE(options_.batch_size() > 0, "batch_size must be positive, got ", options_.batch_size());
+  TORCH_CHECK_VALUE(options_.num_workers() >= 0, "num_workers must be >= 0, got ", options_.num_workers());
+  TORCH_CHECK_VALUE(options_.prefetch_factor() > 0, "prefetch_factor must be positive, got ",
+                    options_.prefetch_factor());
+}
+
+size_t ThreadedLoader::num_batches() const { return count_batches(dataset_size_, options_); }
+
+std::vector<std::vector<int64_t>> ThreadedLoader::batch_indices(uint64_t epoch) const {
+  const auto order = sample_order(dataset_size_, options_, epoch);
+  const auto bs = static_cast<size_t>(options_.batch_size());
+  std::vector<std::vector<int64_t>> batches;
+  for (size_t b = 0; b < num_batches(); ++b) {
+    const size_t begin = b * bs, end = std::min(order.size(), begin + bs);
+    batches.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end));
+  }
+  return batches;
+}
+
+std::unique_ptr<LoaderEpoch> ThreadedLoader::epoch(uint64_t epoch) const {
+  return std::make_unique<LoaderEpoch>(load_, describe_, dataset_size_, options_, epoch);
+}
+
+}  // namespace torchtl::data

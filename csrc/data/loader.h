@@ -1,0 +1,113 @@
+#pragma once
+// A threaded batch loader: N C++ threads load whole batches (decode + transform + collate) with
+// no GIL, a bounded number of batches ahead of the consumer, handed out in order. Unlike
+// torch.utils.data.DataLoader's worker processes, samples never cross a process boundary, so
+// there is no pickling and no shared-memory copy.
+#include <torch/torch.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace torchtl::data {
+
+// Loads sample `index` for `epoch` as a list of tensors (e.g. image, label); must be thread-safe.
+using SampleFn = std::function<std::vector<torch::Tensor>(size_t index, uint64_t epoch)>;
+// Names sample `index` in collation errors ("map file 'x', line N").
+using DescribeFn = std::function<std::string(size_t index)>;
+
+struct LoaderOptions {
+  TORCH_ARG(int64_t, batch_size) = 1;
+  TORCH_ARG(bool, shuffle) = false;
+  // 0 loads on the calling thread.
+  TORCH_ARG(int64_t, num_workers) = 2;
+  // Fixes the shuffling order of every epoch (with the epoch number).
+  TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(bool, drop_last) = false;
+  TORCH_ARG(bool, pin_memory) = false;
+  // Batches loaded ahead per worker; bounds memory.
+  TORCH_ARG(int64_t, prefetch_factor) = 2;
+  // Drop samples that fail to load (reported in Batch::skipped) instead of raising.
+  TORCH_ARG(bool, skip_errors) = false;
+};
+
+// The order in which an epoch visits the samples: seeded by (seed, epoch) when shuffling.
+std::vector<int64_t> sample_order(size_t dataset_size, const LoaderOptions& options, uint64_t epoch);
+
+struct Batch {
+  std::vector<torch::Tensor> fields;  // each [n, ...], contiguous
+  std::vector<int64_t> indices;       // dataset indices, in batch order
+  std::vector<std::string> skipped;   // one message per sample dropped by skip_errors
+};
+
+// One pass over the data. The worker threads live exactly as long as this object (or until
+// close()), so breaking out of a loop, an exception or garbage collection stops them.
+class LoaderEpoch {
+ public:
+  LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options, uint64_t epoch);
+  ~LoaderEpoch();
+  LoaderEpoch(const LoaderEpoch&) = delete;
+  LoaderEpoch& operator=(const LoaderEpoch&) = delete;
+
+  // The next batch in order; nullopt after the last. A sample's error is re-thrown here, on the
+  // batch that hit it, with its type; the epoch can go on after it.
+  std::optional<Batch> next();
+  // Stops and joins the workers; idempotent.
+  void close();
+  size_t num_batches() const { return num_batches_; }
+
+ private:
+  struct Result {
+    Batch batch;
+    std::exception_ptr error;
+  };
+  void work();
+  Result load_batch(size_t b);
+  Batch collate(std::vector<std::vector<torch::Tensor>>& samples, std::vector<int64_t> indices,
+                std::vector<std::string> skipped) const;
+
+  SampleFn load_;
+  DescribeFn describe_;
+  LoaderOptions options_;
+  uint64_t epoch_;
+  std::vector<int64_t> order_;
+  size_t num_batches_;
+  size_t window_;
+
+  std::mutex mutex_;
+  std::condition_variable ready_;  // a result arrived
+  std::condition_variable room_;   // the consumer took one, or stop
+  std::map<size_t, Result> results_;
+  size_t next_to_load_ = 0;
+  size_t next_to_hand_out_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
+class ThreadedLoader {
+ public:
+  ThreadedLoader(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options);
+  size_t num_batches() const;
+  size_t dataset_size() const { return dataset_size_; }
+  std::unique_ptr<LoaderEpoch> epoch(uint64_t epoch) const;
+  // The dataset indices of each batch of `epoch`, without loading anything (batches made of
+  // skipped samples aside): what a training loop over cached features iterates.
+  std::vector<std::vector<int64_t>> batch_indices(uint64_t epoch) const;
+  const LoaderOptions& options() const { return options_; }
+
+ private:
+  SampleFn load_;
+  DescribeFn describe_;
+  size_t dataset_size_;
+  LoaderOptions options_;
+};
+
+}  // namespace torchtl::data

@@ -1,0 +1,282 @@
+#include "data/map_file.h"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace torchtl::data {
+namespace {
+
+// More than this many bad lines are summarised by count: a broken 1M-line file must not
+// produce a 1M-line exception.
+constexpr size_t kMaxListedErrors = 50;
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (!fs::exists(path)) throw FileNotFoundError("map file '" + path + "' does not exist");
+    TORCH_CHECK(false, "map file '", path, "' cannot be opened");
+  }
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+std::string resolve(const fs::path& folder, const std::string& field) {
+  fs::path p(field);
+  if (p.is_absolute() || folder.empty()) return p.lexically_normal().string();
+  return (folder / p).lexically_normal().string();
+}
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+std::vector<std::string> split_tabs(const std::string& line) {
+  std::vector<std::string> fields;
+  size_t start = 0;
+  while (true) {
+    size_t tab = line.find('\t', start);
+    fields.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
+    if (tab == std::string::npos) break;
+    start = tab + 1;
+  }
+  return fields;
+}
+
+bool is_regular_file(const std::string& path) {
+  std::error_code ec;
+  return fs::is_regular_file(path, ec);
+}
+
+bool lower_ends_with(std::string name, const std::string& suffix) {
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool has_image_extension(const std::string& name) {
+  for (const auto& ext : image_extensions()) {
+    if (lower_ends_with(name, ext)) return true;
+  }
+  return false;
+}
+
+// The path as it goes into a map file: relative to the map file's folder when both live on the
+// same tree, so the data and its map can move together.
+std::string map_path_field(const fs::path& file, const fs::path& map_folder) {
+  auto absolute = fs::absolute(file).lexically_normal();
+  auto relative = absolute.lexically_relative(fs::absolute(map_folder).lexically_normal());
+  auto out = relative.empty() ? absolute.string() : relative.string();
+  TORCH_CHECK_VALUE(out.find('\t') == std::string::npos && out.find('\n') == std::string::npos &&
+                        out.find('\r') == std::string::npos,
+                    "'", file.string(), "' has a tab or line break in its name, which a map file cannot hold");
+  return out;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  auto parent = fs::path(path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  TORCH_CHECK(out, "cannot write '", path, "'");
+  out << text;
+  TORCH_CHECK(out.good(), "error while writing '", path, "'");
+}
+
+}  // namespace
+
+const std::vector<std::string>& image_extensions() {
+  static const std::vector<std::string> extensions{".jpg", ".jpeg", ".png", ".webp"};
+  return extensions;
+}
+
+std::string describe(const MapFile& map, const MapEntry& entry) {
+  return "map file '" + map.path + "', line " + std::to_string(entry.line);
+}
+
+MapFile read_map_file(const std::string& path, const MapFileOptions& options) {
+  MapFile map;
+  map.path = path;
+  std::string text = read_all(path);
+  if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);
+  const fs::path folder = fs::path(path).parent_path();
+  const bool segmentation = options.kind() == MapKind::Segmentation;
+
+  std::vector<std::string> errors;
+  bool all_missing = true;
+  auto bad = [&](int64_t line, const std::string& why, bool missing) {
+    errors.push_back("line " + std::to_string(line) + ": " + why);
+    all_missing = all_missing && missing;
+  };
+
+  std::istringstream lines(text);
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(lines, line)) {
+    ++number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const std::string stripped = trim(line);
+    if (stripped.empty() || stripped[0] == '#') continue;
+
+    auto fields = split_tabs(line);
+    if (fields.size() != 2) {
+      bad(number,
+          "expected 2 tab-separated fields (" + std::string(segmentation ? "image<TAB>mask" : "path<TAB>label") +
+              "), found " + std::to_string(fields.size()),
+          false);
+      continue;
+    }
+    MapEntry entry;
+    entry.line = number;
+    if (fields[0].empty()) {
+      bad(number, "empty image path", false);
+      continue;
+    }
+    entry.path = resolve(folder, fields[0]);
+    bool ok = true;
+    if (segmentation) {
+      if (fields[1].empty()) {
+        bad(number, "empty mask path", false);
+        continue;
+      }
+      entry.target = resolve(folder, fields[1]);
+    } else {
+      const std::string label = trim(fields[1]);
+      int64_t value = 0;
+      auto [end, ec] = std::from_chars(label.data(), label.data() + label.size(), value);
+      if (label.empty() || ec != std::errc() || end != label.data() + label.size()) {
+        bad(number, "label '" + label + "' is not an integer", false);
+        ok = false;
+      } else if (value < 0) {
+        bad(number, "label " + label + " is negative", false);
+        ok = false;
+      } else if (options.num_classes() > 0 && value >= options.num_classes()) {
+        bad(number, "label " + label + " is out of range for num_classes=" + std::to_string(options.num_classes()),
+            false);
+        ok = false;
+      }
+      entry.label = value;
+    }
+    if (options.check_files()) {
+      if (!is_regular_file(entry.path)) {
+        bad(number, "image '" + entry.path + "' does not exist", true);
+        ok = false;
+      }
+      if (segmentation && !is_regular_file(entry.target)) {
+        bad(number, "mask '" + entry.target + "' does not exist", true);
+        ok = false;
+      }
+    }
+    if (ok) map.entries.push_back(std::move(entry));
+  }
+
+  if (!errors.empty() && options.skip_bad_lines()) {
+    map.skipped = std::move(errors);
+  } else if (!errors.empty()) {
+    std::ostringstream msg;
+    msg << "map file '" << path << "' has " << errors.size() << " bad line" << (errors.size() == 1 ? "" : "s") << ":";
+    for (size_t i = 0; i < errors.size() && i < kMaxListedErrors; ++i) msg << "\n  " << errors[i];
+    if (errors.size() > kMaxListedErrors) msg << "\n  ... and " << errors.size() - kMaxListedErrors << " more";
+    if (all_missing) throw FileNotFoundError(msg.str());
+    TORCH_CHECK_VALUE(false, msg.str());
+  }
+  TORCH_CHECK_VALUE(!map.entries.empty(), "map file '", path, "' lists no samples");
+  return map;
+}
+
+int64_t write_image_folder_map(const std::string& root, const std::string& map_path, const std::string& classes_path) {
+  if (!fs::is_directory(root)) throw FileNotFoundError("image folder '" + root + "' does not exist");
+  // torchvision's find_classes: sorted directory names (code-point order, which byte order of
+  // UTF-8 preserves); make_dataset: sorted os.walk with symlinks followed, names sorted.
+  std::vector<std::string> classes;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    if (entry.is_directory()) classes.push_back(entry.path().filename().string());
+  }
+  std::sort(classes.begin(), classes.end());
+  TORCH_CHECK_VALUE(!classes.empty(), "image folder '", root, "' has no class folders");
+
+  const fs::path map_folder = fs::path(map_path).parent_path().empty() ? fs::path(".") : fs::path(map_path).parent_path();
+  std::ostringstream map_text, classes_text;
+  int64_t count = 0;
+  std::vector<std::string> empty_classes;
+  for (size_t label = 0; label < classes.size(); ++label) {
+    std::vector<std::string> files;
+    auto options = fs::directory_options::follow_directory_symlink;
+    for (const auto& entry : fs::recursive_directory_iterator(fs::path(root) / classes[label], options)) {
+      if (entry.is_regular_file() && has_image_extension(entry.path().filename().string())) {
+        files.push_back(entry.path().string());
+      }
+    }
+    // make_dataset iterates sorted(os.walk(...)) and then sorted(fnames): by folder, then name.
+    std::sort(files.begin(), files.end(), [](const std::string& a, const std::string& b) {
+      fs::path pa(a), pb(b);
+      auto da = pa.parent_path().string(), db = pb.parent_path().string();
+      return da != db ? da < db : pa.filename().string() < pb.filename().string();
+    });
+    if (files.empty()) empty_classes.push_back(classes[label]);
+    for (const auto& file : files) {
+      map_text << map_path_field(file, map_folder) << '\t' << label << '\n';
+      ++count;
+    }
+    classes_text << classes[label] << '\n';
+  }
+  // torchvision's ImageFolder refuses empty class folders too (allow_empty=False).
+  if (!empty_classes.empty()) {
+    std::ostringstream names;
+    for (size_t i = 0; i < empty_classes.size(); ++i) names << (i ? ", " : "") << empty_classes[i];
+    TORCH_CHECK_VALUE(false, "image folder '", root, "': no images (", "jpg, jpeg, png, webp", ") in class folder",
+                      empty_classes.size() == 1 ? " " : "s ", names.str());
+  }
+  write_text(map_path, map_text.str());
+  write_text(classes_path, classes_text.str());
+  return count;
+}
+
+int64_t write_voc_map(const std::string& root, const std::string& split, const std::string& map_path) {
+  const fs::path base(root);
+  const std::string list = (base / "ImageSets" / "Segmentation" / (split + ".txt")).string();
+  if (!is_regular_file(list)) throw FileNotFoundError("VOC split list '" + list + "' does not exist");
+  const fs::path map_folder = fs::path(map_path).parent_path().empty() ? fs::path(".") : fs::path(map_path).parent_path();
+
+  std::ifstream in(list);
+  std::string id;
+  std::ostringstream map_text;
+  std::vector<std::string> missing;
+  int64_t count = 0;
+  while (std::getline(in, id)) {
+    id = trim(id);
+    if (id.empty()) continue;
+    auto image = base / "JPEGImages" / (id + ".jpg");
+    auto mask = base / "SegmentationClass" / (id + ".png");
+    bool ok = true;
+    for (const auto& p : {image, mask}) {
+      if (!is_regular_file(p.string())) {
+        missing.push_back(p.string());
+        ok = false;
+      }
+    }
+    if (!ok) continue;
+    map_text << map_path_field(image, map_folder) << '\t' << map_path_field(mask, map_folder) << '\n';
+    ++count;
+  }
+  if (!missing.empty()) {
+    std::ostringstream msg;
+    msg << "VOC split '" << list << "' lists " << missing.size() << " missing file" << (missing.size() == 1 ? "" : "s")
+        << ":";
+    for (size_t i = 0; i < missing.size() && i < kMaxListedErrors; ++i) msg << "\n  " << missing[i];
+    if (missing.size() > kMaxListedErrors) msg << "\n  ... and " << missing.size() - kMaxListedErrors << " more";
+    throw FileNotFoundError(msg.str());
+  }
+  TORCH_CHECK_VALUE(count > 0, "VOC split list '", list, "' lists no ids");
+  write_text(map_path, map_text.str());
+  return count;
+}
+
+}  // namespace torchtl::data

@@ -1,0 +1,66 @@
+#pragma once
+// Map files: the seeds' sample lists, one `path<TAB>label` (classification) or `image<TAB>mask`
+// (segmentation) per line. A map file is validated as a whole when it is read, so a user sees
+// every bad line at once instead of one crash per run.
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace torchtl::data {
+
+// Thrown for a file that does not exist; Python sees FileNotFoundError.
+class FileNotFoundError : public c10::Error {
+ public:
+  explicit FileNotFoundError(std::string msg) : c10::Error(std::move(msg)) {}
+};
+
+enum class MapKind { Classification, Segmentation };
+
+struct MapEntry {
+  std::string path;    // resolved: absolute, or relative to the working directory as given
+  std::string target;  // segmentation: the mask path (resolved); classification: empty
+  int64_t label = -1;  // classification: the class index; segmentation: -1
+  int64_t line = 0;    // 1-based line in the map file
+};
+
+struct MapFileOptions {
+  TORCH_ARG(MapKind, kind) = MapKind::Classification;
+  // Labels must be < num_classes when it is positive.
+  TORCH_ARG(int64_t, num_classes) = -1;
+  // Check at read time that every listed file exists.
+  TORCH_ARG(bool, check_files) = true;
+  // Drop bad lines (returned in MapFile::skipped) instead of throwing.
+  TORCH_ARG(bool, skip_bad_lines) = false;
+};
+
+struct MapFile {
+  std::string path;
+  std::vector<MapEntry> entries;
+  std::vector<std::string> skipped;  // "line N: reason", only with skip_bad_lines
+};
+
+// Reads and validates a map file. Paths are relative to the map file's folder unless absolute;
+// blank lines and lines starting with '#' are skipped; CRLF line ends and a UTF-8 BOM are
+// accepted; fields are split on tabs only, so paths may contain spaces. Throws one error that
+// lists every bad line (FileNotFoundError when all of them are missing files, else ValueError).
+MapFile read_map_file(const std::string& path, const MapFileOptions& options = {});
+
+// "line N" prefix used by every error about an entry, so messages read the same everywhere.
+std::string describe(const MapFile& map, const MapEntry& entry);
+
+// The extensions write_image_folder_map lists (decodable by torchvision's image ops).
+const std::vector<std::string>& image_extensions();
+
+// ImageFolder tree (root/class_x/xxx.jpg) -> map file + classes file (one class name a line,
+// line i = class i). Classes and files are sorted as torchvision.datasets.ImageFolder sorts
+// them, so label i means the same class in both. Paths are written relative to the map file's
+// folder when possible. Returns the number of samples written.
+int64_t write_image_folder_map(const std::string& root, const std::string& map_path, const std::string& classes_path);
+
+// VOC tree (JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt)
+// -> `image<TAB>mask` map file. Every listed id must have both files. Returns the count.
+int64_t write_voc_map(const std::string& root, const std::string& split, const std::string& map_path);
+
+}  // namespace torchtl::data

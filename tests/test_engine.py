@@ -1,0 +1,175 @@
+import copy
+import os
+
+import pytest
+import torch
+import torchvision
+from torchvision.io import write_png
+
+import torchtl
+from torchtl import data
+
+
+def write_classification_set(root, n_per_class=8, size=32, classes=2):
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for c in range(classes):
+        for i in range(n_per_class):
+            img = (torch.rand(3, size, size, generator=g) * 80).to(torch.uint8)
+            img[c % 3] += 120  # a class is a dominant colour channel
+            path = root / f"c{c}_{i}.png"
+            write_png(img, str(path))
+            lines.append(f"{path.name}\t{c}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return root / "train.txt"
+
+
+def write_segmentation_set(root, n=4, size=32):
+    g = torch.Generator().manual_seed(1)
+    lines = []
+    for i in range(n):
+        img = (torch.rand(3, size, size, generator=g) * 255).to(torch.uint8)
+        mask = torch.zeros(1, size, size, dtype=torch.uint8)
+        mask[:, 8:24, 8:24] = 1 + i % 2
+        mask[:, :2, :] = 255
+        write_png(img, str(root / f"img{i}.png"))
+        write_png(mask, str(root / f"mask{i}.png"))
+        lines.append(f"img{i}.png\tmask{i}.png")
+    (root / "seg.txt").write_text("\n".join(lines) + "\n")
+    return root / "seg.txt"
+
+
+def loader(map_file, batch_size=4, shuffle=True, seed=0, drop_last=False):
+    ds = data.MapDataset(map_file, transform=data.classification_transform(train=False, size=32, resize_size=32))
+    return data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=2, seed=seed, drop_last=drop_last)
+
+
+def seg_loader(map_file, batch_size=2):
+    ds = data.SegmentationMapDataset(map_file, transform=data.segmentation_transform(train=False, base_size=32, crop_size=32))
+    return data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def cls_map(tmp_path_factory):
+    return write_classification_set(tmp_path_factory.mktemp("cls"))
+
+
+def test_cpp_loop_matches_python_twin_step_by_step(cls_map):
+    m = torchtl.models.resnet18(num_classes=2)
+    tv = m.to_torchvision()
+    initial_fc = m.fc.weight.detach().clone()
+    kwargs = dict(optimizer="sgd", lr=0.002, momentum=0.9, weight_decay=1e-4, epochs=5, device="cpu", seed=0,
+                  progress=False)
+    cpp = torchtl.engine.fit(m, loader(cls_map), **kwargs)
+    ref = torchtl.reference.fit(tv, loader(cls_map), **kwargs)
+    a = torch.tensor([s for e in cpp["epochs"] for s in e["step_losses"]])
+    b = torch.tensor([s for e in ref["epochs"] for s in e["step_losses"]])
+    assert len(a) == len(b) == 20
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
+    assert not torch.equal(m.fc.weight, initial_fc)
+    sd = tv.state_dict()
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, sd[k], rtol=1e-3, atol=1e-4)
+
+
+def test_segmentation_loop_matches_python_twin(tmp_path):
+    seg_map = write_segmentation_set(tmp_path)
+    torch.manual_seed(0)
+    m = torchtl.segmentation.fcn_resnet50(num_classes=3, aux_loss=True)
+    tv = m.to_torchvision()
+    kwargs = dict(task="segmentation", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, epochs=2,
+                  lr_schedule="poly", aux_weight=0.5, device="cpu", seed=0, progress=False)
+    cpp = torchtl.engine.fit(m, seg_loader(seg_map), seg_loader(seg_map), **kwargs)
+    ref = torchtl.reference.fit(tv, seg_loader(seg_map), seg_loader(seg_map), **kwargs)
+    a = torch.tensor([s for e in cpp["epochs"] for s in e["step_losses"]])
+    b = torch.tensor([s for e in ref["epochs"] for s in e["step_losses"]])
+    assert len(a) == 4
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
+    for key in ("loss", "pixel_acc", "miou"):
+        assert cpp["epochs"][-1]["val"][key] == pytest.approx(ref["epochs"][-1]["val"][key], rel=1e-4, abs=1e-6)
+
+
+def test_feature_extractor_freezes_and_cache_equals_uncached(cls_map):
+    base = torchtl.models.resnet18(num_classes=2)
+    frozen_before = {k: v.clone() for k, v in base.state_dict().items() if not k.startswith("fc.")}
+    histories, models = [], []
+    for cache in (True, False):
+        m = copy.deepcopy(base)
+        h = torchtl.engine.fit(m, loader(cls_map), mode="feature_extractor", optimizer="adam", lr=1e-2, epochs=3,
+                               device="cpu", cache_features=cache, progress=False)
+        histories.append(h)
+        models.append(m)
+        for k, v in m.state_dict().items():
+            if not k.startswith("fc."):
+                assert torch.equal(v, frozen_before[k]), k
+        assert [n for n, p in m.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    cached, uncached = histories
+    assert cached["feature_cache"] and not uncached["feature_cache"]
+    assert [e["feature_cache"] for e in cached["epochs"]] == [False, True, True]
+    a = torch.tensor([s for e in cached["epochs"] for s in e["step_losses"]])
+    b = torch.tensor([s for e in uncached["epochs"] for s in e["step_losses"]])
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(models[0].fc.weight, models[1].fc.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_confusion_metrics_by_hand():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 1]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 0]])
+    r = torchtl._C.engine.confusion_metrics(target, pred, 3)
+    # rows: target; target 1 sits at (0,2), (0,3), (1,3), predicted 1, 1, 0
+    expected = torch.tensor([[1, 1, 0], [1, 2, 0], [1, 0, 1]])
+    assert torch.equal(r["confusion"], expected)
+    iou = [1 / (2 + 3 - 1), 2 / (3 + 3 - 2), 1 / (2 + 1 - 1)]
+    assert r["iou"] == pytest.approx(iou)
+    assert r["miou"] == pytest.approx(sum(iou) / 3)
+    assert r["pixel_acc"] == pytest.approx(4 / 7)
+
+
+def test_checkpoints_resume_and_weights_out(cls_map, tmp_path):
+    base = torchtl.models.resnet18(num_classes=2)
+    kwargs = dict(optimizer="sgd", lr=0.01, momentum=0.9, device="cpu", seed=0, progress=False)
+    full = copy.deepcopy(base)
+    torchtl.engine.fit(full, loader(cls_map), loader(cls_map, shuffle=False), epochs=3, **kwargs)
+
+    part = copy.deepcopy(base)
+    run = tmp_path / "run"
+    torchtl.engine.fit(part, loader(cls_map), loader(cls_map, shuffle=False), epochs=1, checkpoint_dir=run, **kwargs)
+    assert sorted(os.listdir(run)) == ["best.pt", "history.json", "last.pt"]
+    resumed = torchtl.models.resnet18(num_classes=2)  # other initial weights: the checkpoint wins
+    h = torchtl.engine.fit(resumed, loader(cls_map), loader(cls_map, shuffle=False), epochs=3, checkpoint_dir=run,
+                           resume=run / "last.pt", **kwargs)
+    assert [e["epoch"] for e in h["epochs"]] == [1, 2]
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+    ckpt = torch.load(run / "last.pt")  # weights_only: plain dicts and tensors
+    assert ckpt["epoch"] == 3 and ckpt["config"]["optimizer"] == "sgd"
+    tv = torchvision.models.resnet18(num_classes=2)
+    tv.load_state_dict(ckpt["model"])
+    tv.load_state_dict(torch.load(run / "best.pt"))
+
+
+def test_evaluate_and_bad_arguments(cls_map, tmp_path):
+    m = torchtl.models.resnet18(num_classes=2)
+    r = torchtl.engine.evaluate(m, loader(cls_map, shuffle=False), device="cpu")
+    assert set(r) >= {"loss", "acc1", "acc5", "confusion"} and r["confusion"].shape == (2, 2)
+    assert r["confusion"].sum() == 16
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        torchtl.engine.fit(m, loader(cls_map), optimizer="rmsprop", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="num_classes mismatch"):
+        torchtl.engine.fit(torchtl.models.resnet18(num_classes=1), loader(cls_map), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="yields no batch"):
+        torchtl.engine.fit(m, loader(cls_map, batch_size=64, drop_last=True), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="unknown mode"):
+        torchtl.engine.fit(m, loader(cls_map), mode="frozen", device="cpu", progress=False)
+    with pytest.raises(TypeError, match="torchtl.data.DataLoader"):
+        torchtl.engine.fit(m, [(torch.zeros(1, 3, 32, 32), torch.zeros(1))], device="cpu", progress=False)
+
+
+@pytest.mark.cuda
+def test_cuda_amp_channels_last(cls_map):
+    m = torchtl.models.resnet18(num_classes=2)
+    h = torchtl.engine.fit(m, loader(cls_map), epochs=2, device="cuda", amp="fp16", channels_last=True, progress=False)
+    losses = [s for e in h["epochs"] for s in e["step_losses"]]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert next(m.parameters()).is_cuda
