@@ -26,7 +26,7 @@ py::tuple entry_tuple(const MapEntry& e, bool segmentation) {
 
 template <typename Dataset>
 ThreadedLoader make_loader(std::shared_ptr<Dataset> ds, const LoaderOptions& options) {
-  auto size = ds->map().entries.size();
+  auto size = ds->map_file().entries.size();
   return ThreadedLoader(
       [ds](size_t index, uint64_t epoch) {
         auto example = ds->load(index, epoch);
@@ -167,14 +167,14 @@ void init_data(py::module_& m) {
           },
           py::arg("index"), py::arg("epoch") = 0)
       .def("describe", &MapDataset::describe)
-      .def_property_readonly("map_file", [](const MapDataset& self) { return self.map().path; })
+      .def_property_readonly("map_file", [](const MapDataset& self) { return self.map_file().path; })
       .def_property_readonly("entries",
                              [](const MapDataset& self) {
                                py::list out;
-                               for (const auto& e : self.map().entries) out.append(entry_tuple(e, false));
+                               for (const auto& e : self.map_file().entries) out.append(entry_tuple(e, false));
                                return out;
                              })
-      .def_property_readonly("skipped_lines", [](const MapDataset& self) { return self.map().skipped; });
+      .def_property_readonly("skipped_lines", [](const MapDataset& self) { return self.map_file().skipped; });
 
   py::class_<SegmentationMapDataset, std::shared_ptr<SegmentationMapDataset>>(d, "SegmentationMapDataset")
       .def(py::init([](const std::string& map_file, std::shared_ptr<SegmentationTransform> transform, uint64_t seed,
@@ -195,14 +195,14 @@ void init_data(py::module_& m) {
           },
           py::arg("index"), py::arg("epoch") = 0)
       .def("describe", &SegmentationMapDataset::describe)
-      .def_property_readonly("map_file", [](const SegmentationMapDataset& self) { return self.map().path; })
+      .def_property_readonly("map_file", [](const SegmentationMapDataset& self) { return self.map_file().path; })
       .def_property_readonly("entries",
                              [](const SegmentationMapDataset& self) {
                                py::list out;
-                               for (const auto& e : self.map().entries) out.append(entry_tuple(e, true));
+                               for (const auto& e : self.map_file().entries) out.append(entry_tuple(e, true));
                                return out;
                              })
-      .def_property_readonly("skipped_lines", [](const SegmentationMapDataset& self) { return self.map().skipped; });
+      .def_property_readonly("skipped_lines", [](const SegmentationMapDataset& self) { return self.map_file().skipped; });
 
   py::class_<LoaderEpoch>(d, "LoaderEpoch")
       .def(

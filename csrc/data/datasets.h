@@ -29,7 +29,8 @@ struct SegmentationMapDatasetOptions {
   TORCH_ARG(bool, skip_bad_lines) = false;
 };
 
-// path<TAB>label lines -> Example{float32 image, int64 scalar label}.
+// path<TAB>label lines -> Example{float32 image, int64 scalar label}. (map_file(), not map(): the
+// latter is torch::data's Dataset::map(transform), used as ds.map(Stack<>()).)
 class MapDataset : public torch::data::datasets::Dataset<MapDataset> {
  public:
   explicit MapDataset(const std::string& map_file, MapDatasetOptions options = {});
@@ -44,7 +45,7 @@ class MapDataset : public torch::data::datasets::Dataset<MapDataset> {
 
   void set_epoch(uint64_t epoch) { epoch_ = epoch; }
   uint64_t epoch() const { return epoch_; }
-  const MapFile& map() const { return map_; }
+  const MapFile& map_file() const { return map_; }
   const MapDatasetOptions& options() const { return options_; }
   // "map file 'x', line N" for sample `index`: how loaders name a sample in their own errors.
   std::string describe(size_t index) const;
@@ -66,7 +67,7 @@ class SegmentationMapDataset : public torch::data::datasets::Dataset<Segmentatio
 
   void set_epoch(uint64_t epoch) { epoch_ = epoch; }
   uint64_t epoch() const { return epoch_; }
-  const MapFile& map() const { return map_; }
+  const MapFile& map_file() const { return map_; }
   const SegmentationMapDatasetOptions& options() const { return options_; }
   std::string describe(size_t index) const;
 
