@@ -1,6 +1,8 @@
 #include "io/weights.h"
 
 #include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/script.h>
 
 #include <cstdio>
@@ -51,6 +53,29 @@ StateDict from_pickled(const c10::IValue& value, const std::string& path) {
   out.reserve(dict.size());
   for (const auto& entry : dict) out.emplace_back(entry.key().toStringRef(), entry.value().toTensor());
   return out;
+}
+
+// torch::pickle_save, minus its type tags: it wraps every dict in
+// torch.jit._pickle.restore_type_tag, a global that torch.load refuses under weights_only=True
+// (the default since torch 2.6), so Python could not open what C++ saved. Untagged, the archive
+// is a plain dict of tensors, as torch.save(dict) writes it.
+std::vector<char> torch_save_bytes(const c10::IValue& value) {
+  std::vector<char> pickled;
+  torch::jit::Pickler pickler([&](const char* data, size_t size) { pickled.insert(pickled.end(), data, data + size); },
+                              /*tensor_table=*/nullptr, /*type_renamer=*/nullptr, /*memoized_class_types=*/nullptr,
+                              /*get_tensor_id=*/nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(value);
+  pickler.stop();
+  std::vector<char> archive;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t size) {
+    const auto* bytes = static_cast<const char*>(data);
+    archive.insert(archive.end(), bytes, bytes + size);
+    return size;
+  });
+  torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(), pickler.tensorData(), writer);
+  writer.writeEndOfFile();
+  return archive;
 }
 
 }  // namespace
@@ -134,7 +159,7 @@ LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool
 void save_state_dict(const StateDict& weights, const std::string& path) {
   c10::Dict<std::string, torch::Tensor> dict;
   for (const auto& [name, tensor] : weights) dict.insert(name, tensor.detach().cpu());
-  const auto bytes = torch::pickle_save(c10::IValue(dict));
+  const auto bytes = torch_save_bytes(c10::IValue(dict));
   // Written beside the target and renamed over it, so a crash never leaves a half file.
   const std::string tmp = path + ".tmp";
   {
