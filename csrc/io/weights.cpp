@@ -7,9 +7,10 @@
 
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <sstream>
 #include <unordered_map>
+
+#include "io/torch_save.h"
 
 namespace torchtl::io {
 namespace {
@@ -147,9 +148,7 @@ StateDict read_weights(const std::string& path) {
     for (const auto& b : archive.named_buffers(/*recurse=*/true)) out.emplace_back(b.name, b.value);
     return out;
   }
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return from_pickled(torch::pickle_load(bytes), path);
+  return from_pickled(read_torch_save(path), path);
 }
 
 LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool strict) {

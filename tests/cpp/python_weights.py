@@ -27,7 +27,20 @@ def write(directory):
         traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64))
     traced.save(os.path.join(directory, "resnet18_traced.pt"))
     torch.save(model.state_dict(), os.path.join(directory, "resnet18_state_dict.pt"))
-    print(f"wrote resnet18_traced.pt and resnet18_state_dict.pt to {directory}")
+    # A training script's checkpoint: the state dict beside optimizer state (ints, floats, bools,
+    # None, lists, int-keyed dicts, momentum tensors) and a half-precision copy of a weight.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    optimizer.step()
+    checkpoint = {
+        "epoch": 3,
+        "best_acc": 0.875,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "extra": [None, True, -5, 2**40, "text", model.conv1.weight.half()],
+    }
+    torch.save(checkpoint, os.path.join(directory, "resnet18_checkpoint.pt"))
+    print(f"wrote resnet18_traced.pt, resnet18_state_dict.pt and resnet18_checkpoint.pt to {directory}")
 
 
 def check(directory):

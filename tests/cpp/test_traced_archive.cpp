@@ -67,6 +67,21 @@ TORCHTL_TEST(python_state_dict_reproduces_torchvision) {
   EXPECT(torch::allclose(model(x), expected, 1e-4, 1e-5));
 }
 
+// A checkpoint dict from a Python training script: the weights are found under "model", and the
+// optimizer state and other entries around them are read without complaint.
+TORCHTL_TEST(python_checkpoint_yields_its_model) {
+  const auto checkpoint = io::read_weights(python_weights("resnet18_checkpoint.pt"));
+  const auto state_dict = io::read_weights(python_weights("resnet18_state_dict.pt"));
+  EXPECT(checkpoint.size() == 122 && state_dict.size() == 122) << checkpoint.size() << ", " << state_dict.size();
+  // The checkpoint was taken after one optimiser step, so its weights differ; its buffers and
+  // names, in order, do not.
+  for (size_t i = 0; i < std::min(checkpoint.size(), state_dict.size()); ++i) {
+    EXPECT(checkpoint[i].first == state_dict[i].first) << i << ": " << checkpoint[i].first;
+  }
+  EXPECT(torch::equal(checkpoint[3].second, state_dict[3].second)) << checkpoint[3].first;
+  EXPECT(!torch::equal(checkpoint[0].second, state_dict[0].second)) << checkpoint[0].first;
+}
+
 TORCHTL_TEST(traced_archive_mismatch_names_keys) {
   const auto archive = python_weights("resnet18_traced.pt");
   models::ResNet resnet50(models::resnet_options("resnet50"));
