@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: build test demo bench clean
+.PHONY: build test cpp-test demo bench clean
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ build: $(DEPS)
 
 test: build
 	$(PY) -m pytest -q tests
+
+# The C++ core as a plain CMake project against the venv's libtorch; the venv's python only
+# writes and checks the weights that cross between Python and C++ (tests/cpp/python_weights.py).
+CPP_BUILD := build/cpp
+cpp-test: $(DEPS)
+	cmake -S . -B $(CPP_BUILD) -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		-DTORCHTL_TEST_PYTHON="$(abspath $(PY))"
+	cmake --build $(CPP_BUILD) -j2
+	ctest --test-dir $(CPP_BUILD) --output-on-failure
 
 demo: build
 	$(PY) examples/demo.py

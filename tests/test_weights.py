@@ -132,6 +132,10 @@ def test_cpp_reads_back_what_it_wrote(tmp_path):
     pairs = torchtl._C.read_weights(path)
     assert [k for k, _ in pairs] == list(m.state_dict())
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in pairs)
-    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "ordered.pth")
-    with pytest.raises(ValueError, match=r"save dict\(model.state_dict\(\)\) instead"):
-        torchtl._C.read_weights(str(tmp_path / "ordered.pth"))
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / "ordered.pth")  # an OrderedDict, as Python writes them
+    pairs = torchtl._C.read_weights(str(tmp_path / "ordered.pth"))
+    assert [k for k, _ in pairs] == list(tv.state_dict())
+    torch.save(tv, tmp_path / "module.pth")
+    with pytest.raises(ValueError, match="torchvision.models.resnet.ResNet"):
+        torchtl.models.resnet18(weights=str(tmp_path / "module.pth"))

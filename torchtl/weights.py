@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -32,18 +31,9 @@ def _unwrap_checkpoint(mapping: Mapping):
 
 
 def _read_file(path: str):
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"'{path}' is not a PyTorch archive (expected torch.save or torch.jit.save output)")
-    with zipfile.ZipFile(path) as archive:
-        scripted = any(name.endswith("/constants.pkl") for name in archive.namelist())
-    if scripted:
-        return _C.read_weights(path)  # the same C++ reader LibTorch programs use
-    # torch.save'd state dicts are OrderedDicts with Python-only metadata that LibTorch's
-    # unpickler rejects, so Python reads these (weights_only: no code runs).
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
-    return list(_unwrap_checkpoint(obj).items())
+    # The C++ reader LibTorch programs use too: traced/scripted archives and torch.save files
+    # (OrderedDict state dicts and checkpoints included), refusing pickled Python objects by name.
+    return _C.read_weights(path)
 
 
 def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:

@@ -1,5 +1,6 @@
 #include "io/weights.h"
 
+#include "io/torch_save.h"
 #include "models/module_tree.h"
 
 #include <caffe2/serialize/inline_container.h>
@@ -11,7 +12,6 @@
 
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <sstream>
 #include <unordered_map>
 
@@ -130,17 +130,7 @@ StateDict read_weights(const std::string& path) {
     for (const auto& b : archive.named_buffers(/*recurse=*/true)) out.emplace_back(b.name, b.value);
     return out;
   }
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK_VALUE(false, "'", path, "' could not be unpickled in C++: ", e.what_without_backtrace(),
-                      ". torch.save(model.state_dict()) stores an OrderedDict with Python-only metadata; save ",
-                      "dict(model.state_dict()) instead, or a traced archive (torchtl.export_traced)");
-  }
-  return from_pickled(value, path);
+  return from_pickled(read_torch_save(path), path);
 }
 
 LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool strict) {
@@ -187,10 +177,9 @@ c10::IValue to_ivalue(const StateDict& weights) {
 void save_state_dict(const StateDict& weights, const std::string& path) { save_pickle(to_ivalue(weights), path); }
 
 c10::IValue load_pickle(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in.good(), "cannot open '", path, "': no such file or not readable");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return torch::pickle_load(bytes);
+  std::ifstream probe(path, std::ios::binary);
+  TORCH_CHECK(probe.good(), "cannot open '", path, "': no such file or not readable");
+  return read_torch_save(path);
 }
 
 void save_weights(const torch::nn::Module& module, const std::string& path) {

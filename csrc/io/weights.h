@@ -27,10 +27,8 @@ StateDict state_dict(const torch::nn::Module& module);
 // lists every missing, unexpected and wrongly shaped key.
 LoadResult load_state_dict(torch::nn::Module& module, const StateDict& weights, bool strict = true);
 
-// Reads a traced/scripted archive, or a state dict written by save_state_dict() or by Python's
-// torch.save(dict(model.state_dict())) (a dict of tensors, or a checkpoint dict holding one under
-// "model" or "state_dict"). A torch.save'd OrderedDict carries Python metadata that LibTorch's
-// unpickler rejects: that error says how to save instead.
+// Reads a traced/scripted archive or a torch.save'd state dict (a dict of tensors, or a
+// checkpoint dict holding one under "model" or "state_dict"), Python's or save_state_dict()'s.
 StateDict read_weights(const std::string& path);
 
 // read_weights + load_state_dict.
