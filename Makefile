@@ -34,6 +34,8 @@ demo: build
 
 bench: build
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/data_loader.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf build torchtl/*.so *.egg-info

@@ -40,19 +40,14 @@ ThreadedLoader make_loader(std::shared_ptr<Dataset> ds, const LoaderOptions& opt
 void init_data(py::module_& m) {
   auto d = m.def_submodule("data", "torchtl::data: map files, decoding, transforms, datasets, threaded loader");
 
-  // Local to this module: the C++ error types keep their Python meaning for every call here,
-  // including errors raised in a worker thread and re-thrown on the batch that hit them.
+  // torchtl's FileNotFoundError (also when re-thrown from a worker thread) becomes Python's; every
+  // other c10 error falls through to torch's own translator (ValueError, TypeError,
+  // NotImplementedError, ...). Local to this extension, and so to every torchtl call.
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const FileNotFoundError& e) {
       PyErr_SetString(PyExc_FileNotFoundError, e.what_without_backtrace());
-    } catch (const c10::ValueError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
-    } catch (const c10::IndexError& e) {
-      PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
-    } catch (const c10::Error& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
     }
   });
 
