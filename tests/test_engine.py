@@ -1,4 +1,5 @@
 import copy
+import json
 import os
 
 import pytest
@@ -54,22 +55,34 @@ def cls_map(tmp_path_factory):
     return write_classification_set(tmp_path_factory.mktemp("cls"))
 
 
-def test_cpp_loop_matches_python_twin_step_by_step(cls_map):
+RECIPES = {
+    "sgd": dict(optimizer="sgd", lr=0.002, momentum=0.9, weight_decay=1e-4, epochs=5),
+    "sgd+cosine": dict(optimizer="sgd", lr=0.002, momentum=0.9, nesterov=True, lr_schedule="cosine",
+                       warmup_epochs=1, clip_grad_norm=1.0, label_smoothing=0.1, head_lr=0.01, epochs=5),
+    # One epoch only: Adam divides by sqrt(v), so ulp-level differences between LibTorch's Adam
+    # (mul_/add_) and Python's (lerp_) in near-zero gradients grow into lr-sized steps later on.
+    "adamw": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=1),
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_cpp_loop_matches_python_twin_step_by_step(cls_map, recipe):
     m = torchtl.models.resnet18(num_classes=2)
     tv = m.to_torchvision()
     initial_fc = m.fc.weight.detach().clone()
-    kwargs = dict(optimizer="sgd", lr=0.002, momentum=0.9, weight_decay=1e-4, epochs=5, device="cpu", seed=0,
-                  progress=False)
+    kwargs = dict(**RECIPES[recipe], device="cpu", seed=0, progress=False)
     cpp = torchtl.engine.fit(m, loader(cls_map), **kwargs)
     ref = torchtl.reference.fit(tv, loader(cls_map), **kwargs)
     a = torch.tensor([s for e in cpp["epochs"] for s in e["step_losses"]])
     b = torch.tensor([s for e in ref["epochs"] for s in e["step_losses"]])
-    assert len(a) == len(b) == 20
+    assert len(a) == len(b) == 4 * kwargs["epochs"]
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
     assert not torch.equal(m.fc.weight, initial_fc)
     sd = tv.state_dict()
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, sd[k], rtol=1e-3, atol=1e-4)
+    if "head_lr" in kwargs:
+        assert cpp["epochs"][0]["lr"] == pytest.approx(ref["epochs"][0]["lr"])
 
 
 def test_segmentation_loop_matches_python_twin(tmp_path):
@@ -164,6 +177,45 @@ def test_evaluate_and_bad_arguments(cls_map, tmp_path):
         torchtl.engine.fit(m, loader(cls_map), mode="frozen", device="cpu", progress=False)
     with pytest.raises(TypeError, match="torchtl.data.DataLoader"):
         torchtl.engine.fit(m, [(torch.zeros(1, 3, 32, 32), torch.zeros(1))], device="cpu", progress=False)
+
+
+def test_ctrl_c_stops_between_batches_and_keeps_last_checkpoint(cls_map, tmp_path):
+    import _thread
+    import threading
+
+    m = torchtl.models.resnet18(num_classes=2)
+    fired = []
+
+    def progress(p):
+        # Ctrl-C from another thread, as a terminal delivers it, once two epochs are done.
+        if p["epoch"] >= 2 and not fired:
+            fired.append(p["epoch"])
+            threading.Timer(0.0, _thread.interrupt_main).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        torchtl.engine.fit(m, loader(cls_map), epochs=50, lr=0.001, device="cpu", checkpoint_dir=tmp_path,
+                           progress=progress)
+    ckpt = torch.load(tmp_path / "last.pt")
+    assert 2 <= ckpt["epoch"] < 50
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["interrupted"] and len(history["epochs"]) == ckpt["epoch"] + 1
+    # The model stays usable and resumable after the interrupt.
+    h = torchtl.engine.fit(m, loader(cls_map), epochs=ckpt["epoch"] + 1, lr=0.001, device="cpu",
+                           checkpoint_dir=tmp_path, resume=tmp_path / "last.pt", progress=False)
+    assert [e["epoch"] for e in h["epochs"]] == [ckpt["epoch"]]
+
+
+def test_progress_callback_can_stop_and_errors_propagate(cls_map):
+    m = torchtl.models.resnet18(num_classes=2)
+    calls = []
+    h = torchtl.engine.fit(m, loader(cls_map), epochs=3, device="cpu", progress=lambda p: calls.append(p) or False)
+    assert h["interrupted"] and len(h["epochs"]) == 1 and calls[0]["training"]
+
+    def broken(p):
+        raise RuntimeError("progress hook failed")
+
+    with pytest.raises(RuntimeError, match="progress hook failed"):
+        torchtl.engine.fit(m, loader(cls_map), epochs=1, device="cpu", progress=broken)
 
 
 @pytest.mark.cuda

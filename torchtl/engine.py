@@ -99,7 +99,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         label_smoothing: float = 0.0, aux_weight: float = 0.5, ignore_index: int = 255,
         device: Optional[str] = None, amp: Optional[str] = None, channels_last: Optional[bool] = None,
         cache_features: bool = True, checkpoint_dir=None, resume=None, seed: int = 0,
-        progress: bool = True) -> dict:
+        progress=True) -> dict:
     """Trains ``model`` in C++ and returns the history (also written to ``checkpoint_dir/history.json``).
 
     mode: ``"scratch"`` or ``"finetune"`` (all layers train, from the weights the model was built with:
@@ -111,6 +111,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     lr_schedule: ``"constant"``, ``"step"`` (``gamma`` every ``step_size`` epochs), ``"cosine"`` or
     ``"poly"`` (per iteration, the segmentation recipe), after ``warmup_epochs`` of linear warm-up.
     amp (``"fp16"``/``"bf16"``) and channels_last apply on CUDA only; both default to off.
+    progress: True for a tqdm bar, False for none, or a callable taking a dict (training, epoch,
+    epochs, batch, num_batches, images, loss, accuracy), called between batches at most every
+    0.2 s; returning False stops the run as Ctrl-C does.
     """
     device = device or default_device()
     if (amp not in (None, "off")) and not str(device).startswith("cuda"):
@@ -123,11 +126,12 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                        step_size, gamma, warmup_epochs, clip_grad_norm, label_smoothing, aux_weight, ignore_index,
                        device, amp, channels_last, cache, checkpoint_dir, resume, seed)
     model.to(device)  # in Python first, so every mirror follows
-    bar = _Bar(progress)
+    bar = progress if callable(progress) else _Bar(bool(progress))
     try:
         result = _E.fit(cpp, train_cpp, val_cpp, options, bar)
     finally:
-        bar.close()
+        if isinstance(bar, _Bar):
+            bar.close()
         model._tree.invalidate()  # C++ changed train/eval flags; resync on the next forward
     if hasattr(train_loader, "epoch"):
         train_loader.set_epoch(len(result["epochs"]))

@@ -3,6 +3,8 @@
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
+#include <optional>
+
 #include "bindings/bindings.h"
 #include "data/loader.h"
 #include "engine/metrics.h"
@@ -65,27 +67,39 @@ py::dict eval_dict(const engine::EvalResult& r, bool segmentation) {
   return d;
 }
 
-// Wraps the Python callback; `interrupted` records a Ctrl-C seen between batches.
-engine::ProgressFn progress_fn(py::object callback, bool& interrupted) {
-  return [callback, &interrupted](const engine::Progress& p) {
+// Wraps the Python callback. A Ctrl-C (seen by PyErr_CheckSignals, or raised inside the callback)
+// stops the run between batches and is recorded in `interrupted`; any other exception from the
+// callback stops it too and is kept in `error`, to be raised once the GIL is back.
+struct CallbackState {
+  bool interrupted = false;
+  std::optional<py::error_already_set> error;
+};
+
+engine::ProgressFn progress_fn(py::object callback, CallbackState& state) {
+  return [callback, &state](const engine::Progress& p) {
     py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) {
-      PyErr_Clear();
-      interrupted = true;
+    try {
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (callback.is_none()) return true;
+      py::dict d;
+      d["training"] = p.training;
+      d["epoch"] = p.epoch;
+      d["epochs"] = p.epochs;
+      d["batch"] = p.batch;
+      d["num_batches"] = p.num_batches;
+      d["images"] = p.images;
+      d["loss"] = p.loss;
+      d["accuracy"] = p.accuracy;
+      py::object keep_going = callback(d);
+      return keep_going.is_none() || keep_going.cast<bool>();
+    } catch (py::error_already_set& e) {
+      if (e.matches(PyExc_KeyboardInterrupt)) {
+        state.interrupted = true;
+      } else {
+        state.error = std::move(e);
+      }
       return false;
     }
-    if (callback.is_none()) return true;
-    py::dict d;
-    d["training"] = p.training;
-    d["epoch"] = p.epoch;
-    d["epochs"] = p.epochs;
-    d["batch"] = p.batch;
-    d["num_batches"] = p.num_batches;
-    d["images"] = p.images;
-    d["loss"] = p.loss;
-    d["accuracy"] = p.accuracy;
-    py::object keep_going = callback(d);
-    return keep_going.is_none() || keep_going.cast<bool>();
   };
 }
 
@@ -99,13 +113,14 @@ void init_engine(py::module_& m) {
       [](const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& train,
          const data::ThreadedLoader* val, const py::dict& options, py::object progress) {
         const auto o = fit_options(options);
-        bool interrupted = false;
-        auto fn = progress_fn(std::move(progress), interrupted);
+        CallbackState state;
+        auto fn = progress_fn(std::move(progress), state);
         engine::FitResult result;
         {
           py::gil_scoped_release no_gil;
           result = engine::fit(model, train, val, o, fn);
         }
+        if (state.error) throw std::move(*state.error);
         const bool segmentation = o.task() == "segmentation";
         py::list epochs;
         for (const auto& r : result.epochs) {
@@ -125,7 +140,7 @@ void init_engine(py::module_& m) {
         py::dict out;
         out["epochs"] = epochs;
         out["interrupted"] = result.interrupted;
-        out["keyboard_interrupt"] = interrupted;
+        out["keyboard_interrupt"] = state.interrupted;
         out["best_metric"] = result.best_metric;
         out["best_epoch"] = result.best_epoch;
         return out;
@@ -137,14 +152,15 @@ void init_engine(py::module_& m) {
       [](const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& loader, const py::dict& options,
          py::object progress) {
         const auto o = fit_options(options);
-        bool interrupted = false;
-        auto fn = progress_fn(std::move(progress), interrupted);
+        CallbackState state;
+        auto fn = progress_fn(std::move(progress), state);
         engine::EvalResult result;
         {
           py::gil_scoped_release no_gil;
           result = engine::evaluate(model, loader, o, fn);
         }
-        if (interrupted) {
+        if (state.error) throw std::move(*state.error);
+        if (state.interrupted) {
           PyErr_SetNone(PyExc_KeyboardInterrupt);
           throw py::error_already_set();
         }

@@ -53,7 +53,8 @@ struct ModelView {
     }
   }
 
-  // The modules that train in feature_extractor mode.
+  // The classifier heads: the only modules that train in feature_extractor mode, and the
+  // head_lr parameter group in every mode. Empty for models torchtl does not know the head of.
   std::vector<std::shared_ptr<nn::Module>> heads() const {
     std::vector<std::shared_ptr<nn::Module>> out;
     for (const auto& child : root->named_children()) {
@@ -62,8 +63,6 @@ struct ModelView {
         out.push_back(child.value());
       }
     }
-    TORCH_CHECK_VALUE(!out.empty(), "feature_extractor mode knows the heads of ResNet, FCN and DeepLabV3 models, not of ",
-                      root->name());
     return out;
   }
 };
@@ -364,8 +363,9 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
   // Dropout draws; scratch and finetune differ only in the weights the caller built the model with.
   torch::manual_seed(o.seed());
   const bool extract = o.mode() == "feature_extractor";
-  std::vector<std::shared_ptr<nn::Module>> heads;
-  if (extract) heads = view.heads();
+  const auto heads = view.heads();
+  TORCH_CHECK_VALUE(!extract || !heads.empty(), "feature_extractor mode knows the heads of ResNet, FCN and DeepLabV3 ",
+                    "models, not of ", model->name());
   const auto head_params = parameters_of(heads);
   if (extract) {
     for (auto& p : model->parameters()) {

@@ -36,9 +36,10 @@ def _is_segmentation(model) -> bool:
 
 
 def _heads(model, segmentation: bool):
+    """The head_lr group in every mode; the only trained part in feature_extractor mode."""
     if segmentation:
         return [m for m in (model.classifier, getattr(model, "aux_classifier", None)) if m is not None]
-    return [model.fc]
+    return [model.fc] if hasattr(model, "fc") else []
 
 
 def _resnet_features(m, x):
@@ -145,7 +146,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     segmentation = task == "segmentation"
     torch.manual_seed(seed)
     extract = mode == "feature_extractor"
-    heads = _heads(model, segmentation) if extract else []
+    heads = _heads(model, segmentation)
     head_ids = {id(p) for h in heads for p in h.parameters()}
     if extract:
         for p in model.parameters():
