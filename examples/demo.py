@@ -35,7 +35,7 @@ def main(argv=None):
     t = time.perf_counter()
     cls = compare.compare_classification(
         prepared["target"]["train"], prepared["target"]["val"], os.path.join(args.out, "transfer_learning"),
-        weights=prepared["weights"], epochs=args.epochs, batch_size=8, size=64, lr=0.01, device=args.device,
+        weights=prepared["weights"], epochs=args.epochs, batch_size=8, size=48, lr=0.01, device=args.device,
         seed=args.seed)
     cls_seconds = time.perf_counter() - t
 
@@ -53,7 +53,7 @@ def main(argv=None):
               f"segmentation {seg_seconds:.0f} s")
     summary = ["# torchtl demo: C++ engine vs Python twin", "",
                f"Target task: {len(demo_data.TARGET_CLASSES)} classes ({', '.join(demo_data.TARGET_CLASSES)}), "
-               "8 training images per class, 64 px; pretrained start: ResNet-18 trained on "
+               "8 training images per class, 48 px; pretrained start: ResNet-18 trained on "
                f"{len(demo_data.SOURCE_CLASSES)} other shape classes.", "",
                "## Transfer learning", "", cls["table"], "",
                "## Segmentation", "", seg["table"], "",

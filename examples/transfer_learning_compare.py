@@ -29,7 +29,7 @@ def main(argv=None):
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=int, default=48)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--device", default=torchtl.engine.default_device())
     p.add_argument("--workers", type=int, default=2)

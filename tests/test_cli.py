@@ -36,10 +36,10 @@ def test_make_map_export_train_evaluate_predict_classification(sets, capsys):
     assert code == 0 and (root / "w.pt").is_file()
 
     run_dir = root / "run"
-    code, out, _ = run(capsys, "train", "classification", "--train", root / "train_map.txt", "--val", cls["val"],
+    code, out, err = run(capsys, "train", "classification", "--train", root / "train_map.txt", "--val", cls["val"],
                        "--weights", root / "w.pt", "--epochs", 1, "--batch-size", 4, "--size", 32, "--device", "cpu",
                        "--out", run_dir, "--quiet")
-    assert code == 0, out
+    assert code == 0, out + err
     assert {"best.pt", "last.pt", "history.json", "config.json"} <= set(os.listdir(run_dir))
     history = json.loads((run_dir / "history.json").read_text())
     val_acc = history["epochs"][0]["val"]["acc1"]
@@ -59,10 +59,10 @@ def test_make_map_export_train_evaluate_predict_classification(sets, capsys):
 
 def test_train_and_predict_segmentation(sets, capsys, tmp_path):
     _, _, seg = sets
-    code, out, _ = run(capsys, "train", "segmentation", "--train", seg["train"], "--val", seg["val"], "--arch",
+    code, out, err = run(capsys, "train", "segmentation", "--train", seg["train"], "--val", seg["val"], "--arch",
                        "fcn_resnet50", "--num-classes", 4, "--epochs", 1, "--batch-size", 2, "--size", 32,
                        "--device", "cpu", "--out", tmp_path / "seg", "--quiet")
-    assert code == 0, out
+    assert code == 0, out + err
     miou = json.loads((tmp_path / "seg" / "history.json").read_text())["epochs"][0]["val"]["miou"]
     assert f"mIoU {miou:.3f}" in out
     image = os.path.join(os.path.dirname(seg["val"]), "JPEGImages", "val_0000.jpg")
@@ -76,10 +76,10 @@ def test_compare_report_holds_the_printed_numbers(sets, capsys, tmp_path):
     weights = root / "w_compare.pt"
     assert run(capsys, "export-weights", "--num-classes", "2", "--size", "32", "--out", weights)[0] == 0
     out_dir = tmp_path / "report"
-    code, out, _ = run(capsys, "compare", "classification", "--train", cls["train"], "--val", cls["val"], "--weights",
+    code, out, err = run(capsys, "compare", "classification", "--train", cls["train"], "--val", cls["val"], "--weights",
                        weights, "--scenarios", "scratch,feature_extractor", "--epochs", 1, "--batch-size", 4,
                        "--size", 32, "--device", "cpu", "--out", out_dir, "--quiet")
-    assert code == 0, out
+    assert code == 0, out + err
     for name in ("report.md", "report.json", "curves.png"):
         assert (out_dir / name).is_file(), name
     report = json.loads((out_dir / "report.json").read_text())

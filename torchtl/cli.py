@@ -125,7 +125,8 @@ def cmd_train(args):
     with open(os.path.join(out, CONFIG), "w") as f:
         json.dump(config, f, indent=1)
     history = torchtl.engine.fit(
-        model, train, val if val_map else None, task=task, mode=mode, optimizer=args.optimizer, lr=args.lr,
+        model, train, val if val_map else None, task=task, mode=mode, optimizer=args.optimizer,
+        lr=args.lr or (0.01 if task == "classification" else 0.02),
         momentum=0.9, weight_decay=args.weight_decay, epochs=args.epochs,
         lr_schedule=args.lr_schedule or ("poly" if task == "segmentation" else "cosine"), device=args.device,
         checkpoint_dir=out, seed=args.seed, progress=not args.quiet)
@@ -313,7 +314,6 @@ def build_parser():
     p.add_argument("--lr-schedule", choices=("constant", "step", "cosine", "poly"))
     p.add_argument("--out", help="run folder (default runs/<task>_<arch>)")
     run_options(p, epochs=10, batch_size=8)
-    p.set_defaults(lr=None)
 
     p = add("evaluate", cmd_evaluate, "evaluate a checkpoint on a map file or folder with the C++ engine")
     p.add_argument("task", nargs="?", choices=("classification", "segmentation"),

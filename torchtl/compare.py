@@ -160,7 +160,7 @@ def format_table(report) -> str:
 
 def _write_report(out_dir, report, title, notes):
     os.makedirs(out_dir, exist_ok=True)
-    table = format_table(report)
+    table = report["table"] = format_table(report)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump({k: v for k, v in report.items() if k != "histories"}, f, indent=1)
     lines = [f"# {title}", "", table, ""]
@@ -189,6 +189,7 @@ def compare_classification(train, val, out_dir, *, weights=None, arch="resnet18"
     pretrained start of ``finetune`` and ``feature_extractor``; ``scratch`` starts from a seeded
     random initialisation. Returns the report (also written to ``out_dir``).
     """
+    os.makedirs(out_dir, exist_ok=True)
     train_map = resolve_map(train, out_dir, "train")
     val_map = resolve_map(val, out_dir, "val")
     if weights is None and any(s != "scratch" for s in scenarios):
@@ -277,6 +278,7 @@ def compare_segmentation(train, val, out_dir, *, arch="fcn_resnet50", num_classe
                          weights_backbone=None, epochs=3, batch_size=4, size=64, lr=0.02, aux_loss=False,
                          device="cpu", seed=0, workers=2, overlays=4, progress=False, log=print) -> dict:
     """fcn/deeplabv3 trained by the C++ engine and by the Python twin; mIoU and pixel accuracy."""
+    os.makedirs(out_dir, exist_ok=True)
     train_map = resolve_map(train, out_dir, "train")
     val_map = resolve_map(val, out_dir, "val")
     builder = getattr(torchtl.segmentation, arch, None)

@@ -91,7 +91,8 @@ def _background(rng, size):
             blob = (x - cx) ** 2 + (y - cy) ** 2 < r * r
         else:
             angle = rng.uniform(0, np.pi)
-            blob = abs((x - cx) * np.sin(angle) - (y - cy) * np.cos(angle)) < r / 4
+            along = abs((x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)) < 2 * r
+            blob = along & (abs((x - cx) * np.sin(angle) - (y - cy) * np.cos(angle)) < r / 4)
         img[blob] = colour
     return img + rng.normal(0, 8, (size, size, 3))
 
@@ -189,7 +190,7 @@ def make_segmentation_set(root, *, train=48, val=16, size=64, seed=0) -> dict:
     return maps
 
 
-def pretrained_archive(root, source_maps, *, epochs=6, size=64, batch_size=16, seed=0, device="cpu",
+def pretrained_archive(root, source_maps, *, epochs=8, size=48, batch_size=16, seed=0, device="cpu",
                        progress=True, log=print) -> str:
     """A ResNet-18 trained on the source task by the C++ engine, exported as a traced archive
     (cached in ``root``; the seeds' ``resnet18_Python.pt`` of the demo)."""
@@ -209,8 +210,8 @@ def pretrained_archive(root, source_maps, *, epochs=6, size=64, batch_size=16, s
     start = time.perf_counter()
     history = torchtl.engine.fit(
         model, data.DataLoader(train_ds, batch_size, shuffle=True, num_workers=2, seed=seed, drop_last=True),
-        data.DataLoader(val_ds, batch_size, num_workers=2, seed=seed), mode="scratch", optimizer="sgd", lr=0.05,
-        momentum=0.9, weight_decay=1e-4, epochs=epochs, lr_schedule="cosine", device=device, seed=seed,
+        data.DataLoader(val_ds, batch_size, num_workers=2, seed=seed), mode="scratch", optimizer="adam", lr=1e-3,
+        weight_decay=1e-4, epochs=epochs, lr_schedule="cosine", device=device, seed=seed,
         progress=progress)
     val = history["epochs"][-1]["val"]
     log(f"pretrained resnet18 on the source task ({len(train_ds)} images, {epochs} epochs, "
@@ -228,14 +229,14 @@ def _cls_transform(train, size):
     return data.classification_transform(train=False, size=size, resize_size=size)
 
 
-def prepare(data_root="data", *, size=64, seed=0, device="cpu", progress=True, log=print) -> dict:
+def prepare(data_root="data", *, size=48, seed=0, device="cpu", progress=True, log=print) -> dict:
     """Generates (or reuses) the demo's data sets and pretrained archive under ``data_root``."""
     data_root = os.fspath(data_root)
-    source = make_classification_set(os.path.join(data_root, "shapes_source"), SOURCE_CLASSES, train_per_class=50,
+    source = make_classification_set(os.path.join(data_root, "shapes_source"), SOURCE_CLASSES, train_per_class=60,
                                       val_per_class=15, size=size, seed=seed)
     target = make_classification_set(os.path.join(data_root, "shapes_target"), TARGET_CLASSES, train_per_class=8,
                                       val_per_class=30, size=size, seed=seed + 1)
-    segmentation = make_segmentation_set(os.path.join(data_root, "shapes_voc"), train=24, val=12, size=size,
+    segmentation = make_segmentation_set(os.path.join(data_root, "shapes_voc"), train=24, val=12, size=64,
                                          seed=seed)
     archive = pretrained_archive(os.path.join(data_root, "weights"), source, size=size, seed=seed, device=device,
                                  progress=progress, log=log)
