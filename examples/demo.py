@@ -21,8 +21,8 @@ def main(argv=None):
     p.add_argument("--device", default=torchtl.engine.default_device())
     p.add_argument("--data-root", default="data")
     p.add_argument("--out", default=os.path.join("reports", "demo"))
-    p.add_argument("--epochs", type=int, default=6, help="transfer-learning epochs")
-    p.add_argument("--seg-epochs", type=int, default=3, help="segmentation epochs")
+    p.add_argument("--epochs", type=int, default=10, help="transfer-learning epochs")
+    p.add_argument("--seg-epochs", type=int, default=5, help="segmentation epochs")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -35,7 +35,8 @@ def main(argv=None):
     t = time.perf_counter()
     cls = compare.compare_classification(
         prepared["target"]["train"], prepared["target"]["val"], os.path.join(args.out, "transfer_learning"),
-        weights=prepared["weights"], epochs=args.epochs, batch_size=8, size=48, lr=0.01, device=args.device,
+        weights=prepared["weights"], epochs=args.epochs, batch_size=8, size=48,
+        lr=dict(scratch=0.01, finetune=0.002, feature_extractor=0.01), device=args.device,
         seed=args.seed)
     cls_seconds = time.perf_counter() - t
 

@@ -187,7 +187,8 @@ def compare_classification(train, val, out_dir, *, weights=None, arch="resnet18"
 
     ``weights`` (a traced archive, state dict or torchvision model with the same ``arch``) is the
     pretrained start of ``finetune`` and ``feature_extractor``; ``scratch`` starts from a seeded
-    random initialisation. Returns the report (also written to ``out_dir``).
+    random initialisation. ``lr`` is one rate or ``{scenario: rate}`` (the seeds fine-tune with a
+    smaller rate than they train a new head with). Returns the report (also written to ``out_dir``).
     """
     os.makedirs(out_dir, exist_ok=True)
     train_map = resolve_map(train, out_dir, "train")
@@ -210,7 +211,8 @@ def compare_classification(train, val, out_dir, *, weights=None, arch="resnet18"
             return classification_loaders(train_map, val_map, size=size, batch_size=batch_size, workers=workers,
                                           seed=seed)
 
-        fit_kwargs = dict(task="classification", mode=scenario, optimizer=optimizer, lr=lr, momentum=momentum,
+        fit_kwargs = dict(task="classification", mode=scenario, optimizer=optimizer,
+                          lr=lr[scenario] if isinstance(lr, dict) else lr, momentum=momentum,
                           weight_decay=weight_decay, head_lr=head_lr, epochs=epochs, lr_schedule=lr_schedule,
                           device=device, seed=seed)
         _, _, runs = _run_pair(build, loaders, fit_kwargs, progress, log, scenario)
