@@ -265,11 +265,13 @@ def _write_overlays(out_dir, val_map, model, twin, size, device, count):
         image_u8, _ = raw[i]
         resized = torch.nn.functional.interpolate(image_u8[None].float(), size=x.shape[-2:], mode="bilinear",
                                                   antialias=True).round().clamp(0, 255).to(torch.uint8)[0]
-        tiles = [overlay(resized, target)]
+        tiles = [resized, overlay(resized, target)]
         for m in (model, twin):
             tiles.append(overlay(resized, predict_masks(m, x[None], device)[0]))
         gap = torch.full((3, resized.shape[1], 2), 255, dtype=torch.uint8)
         strip = torch.cat([t for tile in tiles for t in (tile, gap)][:-1], dim=2)
+        zoom = max(1, 192 // strip.shape[1])  # small demo inputs: enlarge, pixels kept sharp
+        strip = strip.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
         name = f"overlay_{i}.png"
         write_png(strip, os.path.join(out_dir, name))
         names.append(name)
