@@ -144,6 +144,7 @@ def cmd_train(args):
 
 
 def _load_config(checkpoint, args):
+    _existing_file(checkpoint)
     config_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CONFIG)
     config = {}
     if os.path.isfile(config_path):
