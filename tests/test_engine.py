@@ -79,8 +79,10 @@ def test_cpp_loop_matches_python_twin_step_by_step(cls_map, recipe):
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
     assert not torch.equal(m.fc.weight, initial_fc)
     sd = tv.state_dict()
+    # A flipped Adam step moves an element by 2 lr (see above), at most once per step.
+    atol = 2 * kwargs["lr"] * len(a) if kwargs["optimizer"] == "adamw" else 1e-4
     for k, v in m.state_dict().items():
-        torch.testing.assert_close(v, sd[k], rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(v, sd[k], rtol=1e-3, atol=atol)
     if "head_lr" in kwargs:
         assert cpp["epochs"][0]["lr"] == pytest.approx(ref["epochs"][0]["lr"])
 
