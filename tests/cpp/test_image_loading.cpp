@@ -40,9 +40,15 @@ TORCHTL_TEST(a_missing_library_is_named_with_where_its_path_came_from) {
   EXPECT(contains(message, "'" + path + "' (from the path given) does not exist")) << message;
   EXPECT(contains(message, "TORCHTL_TORCHVISION_LIBRARY")) << message;
 
+  const char* before = std::getenv("TORCHTL_TORCHVISION_LIBRARY");
+  const std::string saved = before ? before : "";
   ::setenv("TORCHTL_TORCHVISION_LIBRARY", path.c_str(), 1);
   message = THROWN_MESSAGE(data::load_image_ops());
-  ::unsetenv("TORCHTL_TORCHVISION_LIBRARY");
+  if (before) {
+    ::setenv("TORCHTL_TORCHVISION_LIBRARY", saved.c_str(), 1);
+  } else {
+    ::unsetenv("TORCHTL_TORCHVISION_LIBRARY");
+  }
   EXPECT(contains(message, "(from $TORCHTL_TORCHVISION_LIBRARY) does not exist")) << message;
 }
 
