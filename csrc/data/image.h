@@ -11,8 +11,14 @@ namespace torchtl::data {
 // torchvision.io.ImageReadMode values.
 enum class ReadMode : int64_t { Unchanged = 0, Gray = 1, GrayAlpha = 2, RGB = 3, RGBAlpha = 4 };
 
-// True once torchvision's image ops are registered (Python: `import torchvision`; C++: link
-// libtorchvision). Decoding throws a clear error otherwise.
+// Makes torchvision's image ops available to this process, or throws an error naming the ways
+// to provide them. A no-op when they are registered already (in Python, `import torchvision`
+// registers them). Otherwise torchvision's image library is loaded from `library`, else
+// $TORCHTL_TORCHVISION_LIBRARY, else the path CMake found beside the configuring Python's
+// torchvision. Decoding calls this itself; thread-safe.
+void load_image_ops(const std::string& library = "");
+
+// True when torchvision's image ops are registered or load_image_ops() can load them.
 bool image_ops_available();
 
 // The file's bytes as a 1-D uint8 tensor (torchvision's image::read_file). Missing files throw

@@ -4,6 +4,8 @@
                                   as a torch.save'd state dict, for test_traced_archive.cpp to read
     python_weights.py check DIR   opens what test_traced_archive.cpp wrote (cpp_resnet18.pt with
                                   an input and the C++ output) in torchvision, and compares outputs
+    python_weights.py best PATH...  opens each best.pt that examples/cpp/transfer_learning wrote (a
+                                  2-class resnet18) in torchvision, strictly
 """
 import os
 import sys
@@ -58,7 +60,21 @@ def check(directory):
     print(f"torchvision loaded the C++ weights; outputs agree (max abs difference {error:.2e})")
 
 
+def best(*paths):
+    for path in paths:
+        model = torchvision.models.resnet18(num_classes=2)
+        model.load_state_dict(torch.load(path))
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, 32, 32))
+        assert out.shape == (1, 2) and torch.isfinite(out).all(), out
+        print(f"torchvision's resnet18(num_classes=2) loaded {path}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
+    if sys.argv[1:2] == ["best"] and len(sys.argv) > 2:
+        best(*sys.argv[2:])
+    elif len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
         sys.exit(__doc__)
-    {"write": write, "check": check}[sys.argv[1]](sys.argv[2])
+    else:
+        {"write": write, "check": check}[sys.argv[1]](sys.argv[2])
