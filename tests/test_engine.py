@@ -110,8 +110,8 @@ def test_feature_extractor_freezes_and_cache_equals_uncached(cls_map):
     histories, models = [], []
     for cache in (True, False):
         m = copy.deepcopy(base)
-        h = torchtl.engine.fit(m, loader(cls_map), mode="feature_extractor", optimizer="adam", lr=1e-2, epochs=3,
-                               device="cpu", cache_features=cache, progress=False)
+        h = torchtl.engine.fit(m, loader(cls_map), loader(cls_map, shuffle=False), mode="feature_extractor",
+                               optimizer="adam", lr=1e-2, epochs=3, device="cpu", cache_features=cache, progress=False)
         histories.append(h)
         models.append(m)
         for k, v in m.state_dict().items():
@@ -125,6 +125,9 @@ def test_feature_extractor_freezes_and_cache_equals_uncached(cls_map):
     b = torch.tensor([s for e in uncached["epochs"] for s in e["step_losses"]])
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(models[0].fc.weight, models[1].fc.weight, rtol=1e-5, atol=1e-6)
+    for e_cached, e_uncached in zip(cached["epochs"], uncached["epochs"]):  # validation reads the cache too
+        assert e_cached["val"]["loss"] == pytest.approx(e_uncached["val"]["loss"], rel=1e-5)
+        assert e_cached["val"]["acc1"] == e_uncached["val"]["acc1"]
 
 
 def test_confusion_metrics_by_hand():

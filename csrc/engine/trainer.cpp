@@ -4,6 +4,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
+#include <optional>
+#include <tuple>
 #include <filesystem>
 #include <set>
 #include <unordered_map>
@@ -239,8 +241,13 @@ struct Throttle {
   }
 };
 
+// Frozen features by dataset index, with the label: feature_extractor mode computes them once.
+using FeatureCache = std::unordered_map<int64_t, std::pair<torch::Tensor, torch::Tensor>>;
+
+// One pass over `loader`. With `cache` (a ResNet in feature_extractor mode, deterministic data),
+// the frozen features are taken from it when it covers the data set, and stored into it otherwise.
 EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, const FitOptions& o, torch::Device device,
-                          int64_t epoch, const ProgressFn& progress, bool& stopped) {
+                          int64_t epoch, const ProgressFn& progress, bool& stopped, FeatureCache* cache = nullptr) {
   torch::NoGradGuard no_grad;
   view.root->eval();
   EvalResult r;
@@ -251,12 +258,42 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
   Throttle throttle;
   bool amp_on = false;
   const auto dtype = amp_dtype(o, device, amp_on);
-  auto stream = loader.epoch(0);
-  const auto num_batches = static_cast<int64_t>(stream->num_batches());
-  while (auto batch = stream->next()) {
+  const auto num_batches = static_cast<int64_t>(loader.num_batches());
+  const bool from_cache = cache && view.resnet && cache->size() == loader.dataset_size();
+  // Yields the next (input, target, input_is_features) or nothing at the end.
+  std::unique_ptr<data::LoaderEpoch> stream;
+  std::vector<std::vector<int64_t>> cached_batches;
+  size_t next_cached = 0;
+  if (from_cache) {
+    cached_batches = loader.batch_indices(0);
+  } else {
+    stream = loader.epoch(0);
+  }
+  auto next = [&]() -> std::optional<std::tuple<torch::Tensor, torch::Tensor, bool>> {
+    if (from_cache) {
+      if (next_cached == cached_batches.size()) return std::nullopt;
+      std::vector<torch::Tensor> fs, ls;
+      for (auto i : cached_batches[next_cached++]) {
+        const auto& entry = cache->at(i);
+        fs.push_back(entry.first);
+        ls.push_back(entry.second);
+      }
+      return std::make_tuple(torch::stack(fs), torch::stack(ls), true);
+    }
+    auto batch = stream->next();
+    if (!batch) return std::nullopt;
     auto x = batch->fields.at(0).to(device, /*non_blocking=*/true);
     auto y = batch->fields.at(1).to(device, /*non_blocking=*/true);
     if (o.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+    if (cache && view.resnet) {
+      auto features = view.resnet->forward_features(x);
+      for (size_t k = 0; k < batch->indices.size(); ++k) (*cache)[batch->indices[k]] = {features[k], y[k]};
+      return std::make_tuple(features, y, true);
+    }
+    return std::make_tuple(x, y, false);
+  };
+  while (auto item = next()) {
+    auto& [x, y, is_features] = *item;
     const int64_t n = x.size(0);
     torch::Tensor prediction, loss;
     {
@@ -267,7 +304,7 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
         prediction = out["out"].argmax(1);
         if (!confusion) confusion = std::make_unique<ConfusionMatrix>(out["out"].size(1));
       } else {
-        auto logits = view.forward_any(x);
+        auto logits = is_features ? view.resnet->forward_head(x) : view.forward_any(x);
         loss = classification_loss(logits, y, o);
         auto c = topk_correct(logits, y, {1, 5});
         correct1 += c[0];
@@ -413,7 +450,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
 
   // feature_extractor + deterministic data: the frozen features of each sample never change.
   const bool use_cache = extract && o.cache_features() && view.resnet != nullptr;
-  std::unordered_map<int64_t, std::pair<torch::Tensor, torch::Tensor>> cache;  // index -> (features, label)
+  FeatureCache cache, val_cache;
 
   FitResult result;
   result.best_metric = state.best_metric;
@@ -541,7 +578,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     }
     if (val) {
       bool stopped = false;
-      record.val = run_evaluation(view, *val, o, device, epoch, progress, stopped);
+      record.val = run_evaluation(view, *val, o, device, epoch, progress, stopped, use_cache ? &val_cache : nullptr);
       record.has_val = true;
       if (stopped) {
         result.interrupted = true;
