@@ -10,18 +10,7 @@ from torch import nn
 import torchtl
 from helpers import assert_close_rel, randomize_batchnorm
 
-ARCHS = [
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-]
+ARCHS = [name for name in torchtl.models.__all__ if name != "ResNet"]  # every builder torchtl ships
 
 
 def twins(arch, **kwargs):
