@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: build test cpp-test demo bench clean
+.PHONY: build test cpp-build cpp-test demo bench clean
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,22 +17,28 @@ $(DEPS): requirements.txt
 build: $(DEPS)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
-test: build
+# pytest for the Python package, then ctest for the C++ library, programs and the weights that
+# cross between Python and C++.
+test: build cpp-build
 	$(PY) -m pytest -q tests
+	ctest --test-dir $(CPP_BUILD) --output-on-failure
 
 # The C++ core as a plain CMake project against the venv's libtorch; the venv's python only
 # writes and checks the weights that cross between Python and C++ (tests/cpp/python_weights.py).
 CPP_BUILD := build/cpp
-cpp-test: $(DEPS)
+cpp-build: $(DEPS)
 	cmake -S . -B $(CPP_BUILD) -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 		-DTORCHTL_TEST_PYTHON="$(abspath $(PY))"
 	cmake --build $(CPP_BUILD) -j2
+
+cpp-test: cpp-build
 	ctest --test-dir $(CPP_BUILD) --output-on-failure
 
 demo: build
 	$(PY) examples/demo.py
 
 bench: build
+	$(PY) benchmarks/build.py
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/data_loader.py
 	$(PY) benchmarks/train.py
