@@ -1,4 +1,4 @@
-"""The torchtl command end to end on a tiny generated set: each subcommand once, the report files, bad input."""
+"""The torchtl command end to end on a tiny generated set: each subcommand, its flags and defaults, its errors."""
 import json
 import os
 import re
@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from torchtl import cli, demo_data
+from torchtl import cli, data, demo_data
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 @pytest.fixture(scope="module")
@@ -25,25 +28,31 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_make_map_export_train_evaluate_predict_classification(sets, capsys):
+def small(*extra):
+    return ["--epochs", 1, "-b", 4, "--size", 32, "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def cls_run(sets, tmp_path_factory):
+    """make-map, export-weights and one epoch of train classification, as a user would chain them."""
     root, cls, _ = sets
-    code, out, _ = run(capsys, "make-map", root / "shapes" / "train", root / "train_map.txt")
-    assert code == 0 and "(8 samples)" in out and "2 classes" in out
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    assert cli.main(["make-map", str(root / "shapes" / "train"), str(root / "train_map.txt")]) == 0
+    assert cli.main(["export-weights", "--model", "resnet18", "--num-classes", "2", "--size", "32",
+                     "--out", str(root / "w.pt")]) == 0
+    argv = ["train", "classification", "--train", root / "train_map.txt", "--val", cls["val"], "--weights",
+            root / "w.pt", "--output-dir", run_dir, *small()]
+    assert cli.main([str(a) for a in argv]) == 0
+    return run_dir, argv
+
+
+def test_make_map_export_train_evaluate_predict_classification(sets, cls_run, capsys):
+    root, cls, _ = sets
+    run_dir, _ = cls_run
     assert (root / "train_map_classes.txt").read_text().split() == ["circle", "ring"]
-
-    code, out, _ = run(capsys, "export-weights", "--arch", "resnet18", "--num-classes", "2", "--size", "32",
-                       "--out", root / "w.pt")
-    assert code == 0 and (root / "w.pt").is_file()
-
-    run_dir = root / "run"
-    code, out, err = run(capsys, "train", "classification", "--train", root / "train_map.txt", "--val", cls["val"],
-                       "--weights", root / "w.pt", "--epochs", 1, "--batch-size", 4, "--size", 32, "--device", "cpu",
-                       "--out", run_dir, "--quiet")
-    assert code == 0, out + err
     assert {"best.pt", "last.pt", "history.json", "config.json"} <= set(os.listdir(run_dir))
     history = json.loads((run_dir / "history.json").read_text())
     val_acc = history["epochs"][0]["val"]["acc1"]
-    assert f"val acc {val_acc:.3f}" in out
 
     code, out, _ = run(capsys, "evaluate", "classification", "--checkpoint", run_dir / "best.pt", "--val", cls["val"],
                        "--device", "cpu", "--quiet")
@@ -57,28 +66,48 @@ def test_make_map_export_train_evaluate_predict_classification(sets, capsys):
     assert sum(float(p) for _, p in probs) == pytest.approx(1.0, abs=2e-3)
 
 
-def test_train_and_predict_segmentation(sets, capsys, tmp_path):
+def test_train_prints_every_epoch_of_the_history(sets, cls_run, capsys, tmp_path):
+    _, cls, _ = sets
+    code, out, err = run(capsys, "train", "classification", "--train", cls["train"], "--val", cls["val"],
+                         "--output-dir", tmp_path / "r", *small())
+    assert code == 0, err
+    val_acc = json.loads((tmp_path / "r" / "history.json").read_text())["epochs"][0]["val"]["acc1"]
+    assert f"val acc {val_acc:.3f}" in out
+
+
+def test_predict_folder_and_segmentation_masks_at_input_size(sets, capsys, tmp_path):
     _, _, seg = sets
-    code, out, err = run(capsys, "train", "segmentation", "--train", seg["train"], "--val", seg["val"], "--arch",
-                       "fcn_resnet50", "--num-classes", 4, "--epochs", 1, "--batch-size", 2, "--size", 32,
-                       "--device", "cpu", "--out", tmp_path / "seg", "--quiet")
+    code, out, err = run(capsys, "train", "segmentation", "--train", seg["train"], "--val", seg["val"], "--model",
+                         "fcn_resnet50", "--num-classes", 4, "--output-dir", tmp_path / "seg", *small())
     assert code == 0, out + err
     miou = json.loads((tmp_path / "seg" / "history.json").read_text())["epochs"][0]["val"]["miou"]
     assert f"mIoU {miou:.3f}" in out
-    image = os.path.join(os.path.dirname(seg["val"]), "JPEGImages", "val_0000.jpg")
-    code, out, _ = run(capsys, "predict", "--checkpoint", tmp_path / "seg" / "best.pt", image, "--out",
-                       tmp_path / "pred", "--device", "cpu")
-    assert code == 0 and (tmp_path / "pred" / "val_0000_mask.png").is_file(), out
+
+    # A folder of images of another size than the training size, and a plain file beside it.
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    from torchvision.io import write_png
+
+    write_png(torch.randint(0, 256, (3, 45, 70), dtype=torch.uint8), str(folder / "wide.png"))
+    (folder / "notes.txt").write_text("not an image: a folder's other files are left alone, as ImageFolder does")
+    jpeg = os.path.join(os.path.dirname(seg["val"]), "JPEGImages", "val_0000.jpg")
+    code, out, err = run(capsys, "predict", "--checkpoint", tmp_path / "seg" / "best.pt", folder, jpeg,
+                         "--out", tmp_path / "pred", "--device", "cpu")
+    assert code == 0, err
+    for name, shape in (("wide", (45, 70)), ("val_0000", tuple(data.read_image(jpeg).shape[-2:]))):
+        mask = data.read_mask(tmp_path / "pred" / f"{name}_mask.png")
+        assert tuple(mask.shape) == shape
+        assert int(mask.max()) < 4  # class indices, not colours
+        overlay = data.read_image(tmp_path / "pred" / f"{name}_overlay.png")
+        assert tuple(overlay.shape) == (3, *shape)
+    assert "notes.txt" not in out
 
 
-def test_compare_report_holds_the_printed_numbers(sets, capsys, tmp_path):
+def test_compare_report_holds_the_printed_numbers(sets, cls_run, capsys, tmp_path):
     root, cls, _ = sets
-    weights = root / "w_compare.pt"
-    assert run(capsys, "export-weights", "--num-classes", "2", "--size", "32", "--out", weights)[0] == 0
     out_dir = tmp_path / "report"
     code, out, err = run(capsys, "compare", "classification", "--train", cls["train"], "--val", cls["val"], "--weights",
-                       weights, "--scenarios", "scratch,feature_extractor", "--epochs", 1, "--batch-size", 4,
-                       "--size", 32, "--device", "cpu", "--out", out_dir, "--quiet")
+                         root / "w.pt", "--scenarios", "scratch,feature_extractor", "--output-dir", out_dir, *small())
     assert code == 0, out + err
     for name in ("report.md", "report.json", "curves.png"):
         assert (out_dir / name).is_file(), name
@@ -92,35 +121,241 @@ def test_compare_report_holds_the_printed_numbers(sets, capsys, tmp_path):
         assert row["max_step_loss_diff"] < 1e-2  # same start, same batches: the twins agree
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "classification", "--train", "missing.txt", "--val", "missing.txt"], "no map file or image folder"),
-    (["make-map", "no/such/folder", "out.txt"], "no such file or folder"),
-    (["evaluate", "--checkpoint", "nope.pt", "--val", "v.txt", "--arch", "resnet18"], "file not found: nope.pt"),
-    (["export-weights", "--arch", "resnet7", "--out", "x.pt"], "unknown arch 'resnet7'"),
-    (["compare", "classification", "--train", "a.txt", "--val", "b.txt"], "no such file or folder: a.txt"),
+# ---------------------------------------------------------------------------- flags, defaults, help
+
+def parse(*argv):
+    return cli.build_parser().parse_args([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("reference, alias, dest, value", [
+    (["--output-dir", "r"], ["--out", "r"], "output_dir", "r"),
+    (["-j", "3"], ["--workers", "3"], "workers", 3),
+    (["-b", "5"], ["--batch-size", "5"], "batch_size", 5),
+    (["--wd", "0.5"], ["--weight-decay", "0.5"], "weight_decay", 0.5),
+    (["--opt", "adamw"], ["--optimizer", "adamw"], "opt", "adamw"),
+    (["--model", "resnet50"], ["--arch", "resnet50"], "model", "resnet50"),
+    (["--lr-scheduler", "steplr"], ["--lr-schedule", "step"], "lr_scheduler", "step"),
 ])
-def test_bad_paths_exit_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+def test_reference_flags_and_their_aliases(reference, alias, dest, value):
+    base = ["train", "classification", "--train", "t.txt"]
+    assert getattr(parse(*base, *reference), dest) == value == getattr(parse(*base, *alias), dest)
+
+
+def test_reference_flags_reach_the_engine(monkeypatch, sets, tmp_path, capsys):
+    _, cls, _ = sets
+    seen = {}
+
+    def fit(model, train, val, **kwargs):
+        seen.update(kwargs)
+        return {"epochs": []}
+
+    import torchtl
+
+    monkeypatch.setattr(torchtl.engine, "fit", fit)
+    code, _, err = run(capsys, "train", "classification", "--train", cls["train"], "--output-dir", tmp_path / "r",
+                       "--lr", 0.05, "--momentum", 0.8, "--wd", 0.001, "--label-smoothing", 0.1,
+                       "--lr-warmup-epochs", 2, "--lr-scheduler", "steplr", "--lr-step-size", 3, "--lr-gamma", 0.5,
+                       "--opt", "sgd_nesterov", *small())
+    assert code == 0, err
+    assert seen["lr"] == 0.05 and seen["momentum"] == 0.8 and seen["weight_decay"] == 0.001
+    assert seen["label_smoothing"] == 0.1 and seen["warmup_epochs"] == 2 and seen["lr_schedule"] == "step"
+    assert seen["step_size"] == 3 and seen["gamma"] == 0.5 and seen["optimizer"] == "sgd" and seen["nesterov"]
+
+
+def test_help_shows_true_defaults():
+    def help_of(*command):
+        r = subprocess.run([sys.executable, "-m", "torchtl", *command, "--help"], capture_output=True, text=True,
+                           env=ENV)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def entry(text, flag):
+        """The help of one option, wrapped lines joined."""
+        found = re.search(rf"^  {re.escape(flag)}[ ,].*?(?=^  -|\Z)", text, flags=re.M | re.S)
+        assert found, flag
+        return " ".join(found.group(0).split())
+
+    train = help_of("train", "classification")
+    for flag, default in (("--lr", "0.01"), ("--epochs", "10"), ("--momentum", "0.9"), ("--size", "224"),
+                          ("--lr-warmup-epochs", "0"), ("-b", "8"), ("-j", "2"), ("--lr-scheduler", "cosine")):
+        assert f"(default: {default})" in entry(train, flag), entry(train, flag)
+    compare = help_of("compare", "classification")
+    assert "(default: 64)" in entry(compare, "--size")
+    assert parse("compare", "classification", "--train", "t", "--val", "v").size == 64  # what --help states
+    segmentation = help_of("train", "segmentation")
+    assert "(default: 520)" in entry(segmentation, "--base-size")
+    assert "(default: 480)" in entry(segmentation, "--crop-size")
+    for command in ([], ["make-map"], ["export-weights"], ["train"], ["evaluate"], ["predict"], ["compare"],
+                    ["compare", "segmentation"]):
+        assert "usage: torchtl" in help_of(*command)
+
+
+def test_help_and_version_load_no_torch():
+    """--help and --version answer without importing torch (which takes seconds)."""
+    code = ("import sys; from torchtl import cli\n"
+            "for argv in (['--help'], ['--version'], ['train', 'classification', '--help']):\n"
+            "    try: cli.main(argv)\n"
+            "    except SystemExit as e: assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    import torchtl
+
+    assert f"torchtl {torchtl.__version__}" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "torchtl", "--version"], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and r.stdout.strip() == f"torchtl {torchtl.__version__}"
+
+
+# ---------------------------------------------------------------------------- errors and exit status
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "classification", "--train", "t.txt", "--lr", "0"], "argument --lr: expected a number > 0, got '0'"),
+    (["train", "classification", "--train", "t.txt", "--size", "0"], "argument --size: expected an integer >= 16"),
+    (["train", "classification", "--train", "t.txt", "--epochs", "0"], "argument --epochs: expected an integer >= 1"),
+    (["train", "segmentation", "--train", "t.txt"], "the following arguments are required: --num-classes"),
+    (["predict", "--checkpoint", "c.pt", "i.png", "--topk", "0"], "argument --topk: expected an integer >= 1"),
+    (["predict", "--checkpoint", "c.pt", "i.png", "--topk", "-1"], "argument --topk: expected an integer >= 1"),
+    (["train", "regression", "--train", "x"], "invalid choice: 'regression'"),
+])
+def test_bad_values_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["train", "classification", "--train", "missing.txt", "--val", "missing.txt"], 1,
+     "no such file or folder: missing.txt"),
+    (["make-map", "no/such/folder", "out.txt"], 1, "no such file or folder"),
+    (["evaluate", "--checkpoint", "nope.pt", "--val", "v.txt", "--model", "resnet18"], 1,
+     "checkpoint not found: nope.pt"),
+    (["export-weights", "--model", "resnet7", "--out", "x.pt"], 2, "unknown --model 'resnet7'"),
+    (["train", "classification", "--train", "t.txt", "--model", "fcn_resnet50"], 2,
+     "--model fcn_resnet50 is not a classification model"),
+    (["compare", "classification", "--train", "a.txt", "--val", "b.txt"], 1, "no such file or folder: a.txt"),
+    (["train", "classification", "--train", "t.txt", "--device", "cpu", "--amp"], 2, "--amp needs a CUDA device"),
+])
+def test_errors_exit_with_their_status_and_no_traceback(argv, status, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, *argv)
-    assert code == 2
+    assert code == status, err
     assert message in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
 
 
-def test_bad_arguments_and_debug(capsys, tmp_path, monkeypatch):
+def test_every_bad_map_line_is_reported_by_the_cpp_reader(sets, capsys, tmp_path, monkeypatch):
+    _, cls, _ = sets
+    image = os.path.abspath(os.path.join(os.path.dirname(cls["train"]), "train", "ring", "0000.png"))
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{image}\t0\n{image}\n{image}\t1\nonly-a-path-with-no-label\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        cli.main(["train", "regression", "--train", "x"])
-    assert e.value.code == 2
+    for command in (["train", "classification", "--train", bad, "--device", "cpu"],
+                    ["compare", "classification", "--train", bad, "--val", bad, "--scenarios", "scratch",
+                     "--device", "cpu"]):
+        code, _, err = run(capsys, *command)
+        assert code == 1, err
+        assert "bad.txt" in err and "line 2" in err and "line 4" in err, err  # every bad line, not the first
+        assert "Traceback" not in err and "IndexError" not in err
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError):
         cli.main(["make-map", "no/such/folder", "out.txt", "--debug"])
+    r = subprocess.run([sys.executable, "-m", "torchtl", "make-map", "no/such/folder", "out.txt"], capture_output=True,
+                       text=True, env=ENV, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "no such file or folder" in r.stderr
 
 
-def test_help_and_module_entry_point():
-    for command in ([], ["make-map"], ["export-weights"], ["train"], ["evaluate"], ["predict"], ["compare"]):
-        with pytest.raises(SystemExit) as e:
-            cli.build_parser().parse_args(command + ["--help"])
-        assert e.value.code == 0
-    r = subprocess.run([sys.executable, "-m", "torchtl", "predict", "--help"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert r.returncode == 0 and "--topk" in r.stdout
+def test_predict_names_the_file_that_is_not_an_image(cls_run, capsys, tmp_path):
+    run_dir, _ = cls_run
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("plain text")
+    code, _, err = run(capsys, "predict", "--checkpoint", run_dir / "best.pt", fake, "--device", "cpu")
+    assert code == 1 and str(fake) in err and "Traceback" not in err
+    assert ".cpp" not in err  # not torchvision's own source path
+
+
+def test_broken_config_json_is_named(cls_run, capsys, tmp_path):
+    run_dir, _ = cls_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "best.pt").write_bytes((run_dir / "best.pt").read_bytes())
+    (copy / "config.json").write_text('{"arch": "resnet18",')
+    code, _, err = run(capsys, "predict", "--checkpoint", copy / "best.pt", __file__)
+    assert code == 1 and str(copy / "config.json") in err and "not valid JSON" in err
+
+
+# ---------------------------------------------------------------------------- runs keep their past
+
+def test_a_failing_or_second_run_keeps_the_earlier_one(cls_run, capsys):
+    run_dir, argv = cls_run
+    before = {name: (run_dir / name).read_bytes() for name in ("config.json", "history.json", "best.pt")}
+    for extra in (["--model", "resnet7"], ["--lr", "0"], ["--weights", "missing.pt"], []):
+        try:
+            code, _, err = run(capsys, *argv, *extra)
+        except SystemExit as e:
+            code, err = e.code, capsys.readouterr().err
+        assert code in (1, 2), err
+    assert "already holds a run (config.json, history.json, best.pt, last.pt)" in err
+    assert "--resume" in err
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+def test_resume_continues_the_run(cls_run, capsys):
+    run_dir, argv = cls_run
+    config = (run_dir / "config.json").read_text()
+    code, _, err = run(capsys, *argv[:argv.index("--output-dir")], "--resume", run_dir / "last.pt",
+                       *small("--epochs", 2))
+    assert code == 0, err
+    assert (run_dir / "config.json").read_text() == config
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    assert checkpoint["epoch"] == 2  # the second epoch ran, from the first one's state
+    code, _, err = run(capsys, *argv[:argv.index("--output-dir")], "--resume", run_dir / "last.pt",
+                       "--size", 48, "--epochs", 3, "--device", "cpu", "--quiet")
+    assert code == 2 and "size: 32 before, 48 now" in err
+
+
+def test_test_only_writes_nothing(sets, cls_run, capsys, tmp_path, monkeypatch):
+    root, cls, _ = sets
+    run_dir, _ = cls_run
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", "classification", "--test-only", "--val", cls["val"], "--weights",
+                         run_dir / "best.pt", "--num-classes", 2, "--size", 32, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert "acc@1" in out and os.listdir(tmp_path) == []
+
+
+def test_a_folder_map_is_never_overwritten_with_other_samples(sets, tmp_path):
+    from torchtl import compare
+
+    _, cls, _ = sets
+    folder = os.path.join(os.path.dirname(cls["train"]), "train")
+    path = compare.resolve_map(folder, tmp_path, "train")
+    first = open(path).read()
+    assert compare.resolve_map(folder, tmp_path, "train") == path and open(path).read() == first  # same: kept
+    other = os.path.join(os.path.dirname(cls["train"]), "val")
+    with pytest.raises(FileExistsError, match="already lists other samples"):
+        compare.resolve_map(other, tmp_path, "train")
+    assert open(path).read() == first and sorted(os.listdir(tmp_path)) == ["train.txt", "train_classes.txt"]
+
+
+# ---------------------------------------------------------------------------- make-map
+
+def test_make_map_lists_exactly_what_imagefolder_lists(tmp_path, capsys):
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = tmp_path / "tree"
+    for c in ("a", "b"):
+        (root / c / "sub").mkdir(parents=True)
+        for i, ext in enumerate(IMG_EXTENSIONS + (".JPG", ".Bmp", ".gif", ".txt", ".jpg.bak")):
+            (root / c / ("sub" if i % 3 == 0 else "") / f"{i:02d}{ext}").write_bytes(b"")  # ImageFolder only lists
+    code, out, err = run(capsys, "make-map", root, tmp_path / "m.txt")
+    assert code == 0, err
+    listed = [line.split("\t") for line in (tmp_path / "m.txt").read_text().splitlines()]
+    expected = ImageFolder(str(root), loader=lambda p: None).samples
+    assert [(os.path.normpath(tmp_path / p), int(c)) for p, c in listed] == [(os.path.normpath(p), c)
+                                                                             for p, c in expected]
+    assert any(p.endswith(".bmp") for p, _ in listed)

@@ -1,11 +1,27 @@
 """torchtl: torchvision's ResNet, FCN and DeepLabV3 in C++ (LibTorch), driven from Python."""
-import torch  # noqa: F401  (loads libtorch before the extension)
-import torchvision  # noqa: F401  (registers torchvision's image ops for the C++ decoder)
-
-from torchtl import _C  # noqa: F401
-from torchtl import data, engine, models, reference, segmentation
-from torchtl.weights import WeightsMismatchError, export_traced, load_weights
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
            "WeightsMismatchError"]
+
+# `import torchtl` stays light so that the `torchtl` command answers --help and --version without
+# loading torch (seconds). The library loads on first use, torch and torchvision (whose image ops
+# the C++ decoder calls) always before the extension.
+_SUBMODULES = {"_C", "compare", "data", "demo_data", "engine", "models", "reference", "segmentation", "weights"}
+_WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        if name == "_C":
+            import torch  # noqa: F401  (loads libtorch before the extension)
+            import torchvision  # noqa: F401  (registers torchvision's image ops for the C++ decoder)
+        return importlib.import_module(f"torchtl.{name}")
+    if name in _WEIGHTS:
+        return getattr(importlib.import_module("torchtl.weights"), name)
+    raise AttributeError(f"module 'torchtl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS)

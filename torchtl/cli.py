@@ -1,29 +1,93 @@
 """The ``torchtl`` command: map files, weights, training, evaluation, prediction and C++-vs-Python comparisons.
 
-Every subcommand has ``--help``. Bad arguments or files end with one line on stderr and exit status 2;
-``--debug`` shows the traceback instead.
+Flags follow torchvision's ``references/classification/train.py`` and
+``references/segmentation/train.py`` (``--output-dir``, ``-j``, ``--resume``, ``--amp``, ``--wd``,
+``--test-only``, ...); earlier names stay as aliases. Every subcommand has ``--help``, with its
+defaults. A usage error (a bad flag or value) exits with status 2, a run-time error (a missing or
+malformed file, weights that do not fit) with status 1, each with the whole message and no
+traceback; ``--debug`` shows the traceback instead. torch is imported inside the commands, so
+``--help`` and ``--version`` answer at once.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
-import warnings
 
+EXIT_ERROR = 1
 EXIT_USAGE = 2
 CONFIG = "config.json"
+# What a train run writes into its output folder; a second run there would overwrite them.
+RUN_FILES = (CONFIG, "history.json", "best.pt", "last.pt")
+# Shown by --help; the defaults themselves are the add_argument defaults below.
+DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
 
 
-def _device_default():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+class UsageError(Exception):
+    """A command-line value torchtl cannot honour: reported like argparse's own errors (status 2)."""
 
 
-def _existing_file(path):
+# ---------------------------------------------------------------------------- argument types
+
+def _number(kind, minimum, *, inclusive=True, maximum=None):
+    """An argparse type: ``kind`` (int/float) within bounds, with a message naming them."""
+    bound = (f">= {minimum}" if inclusive else f"> {minimum}") + (f" and < {maximum}" if maximum is not None else "")
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} {bound}, "
+                                             f"got {text!r}") from None
+        ok = (value >= minimum if inclusive else value > minimum) and (maximum is None or value < maximum)
+        if not ok or value != value:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} {bound}, "
+                                             f"got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, 1)
+nonnegative_int = _number(int, 0)
+positive_float = _number(float, 0, inclusive=False)
+nonnegative_float = _number(float, 0)
+image_size = _number(int, 16)  # the C++ programs' minimum too: smaller inputs vanish in ResNet's strides
+
+# torchvision references' --lr-scheduler names, beside torchtl's own.
+_SCHEDULER_ALIASES = {"steplr": "step", "cosineannealinglr": "cosine", "polynomiallr": "poly"}
+SCHEDULERS = ("constant", "step", "cosine", "poly")
+
+
+def _scheduler(text):
+    return _SCHEDULER_ALIASES.get(text.lower(), text.lower())
+
+
+class _BothSizes(argparse.Action):
+    """Segmentation's ``--size N``: ``--base-size N --crop-size N`` (later flags still override)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.base_size = namespace.crop_size = values
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where there is a default to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ---------------------------------------------------------------------------- shared checks
+
+def _existing_file(path, what="file"):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     return path
 
 
@@ -31,6 +95,49 @@ def _existing(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
     return path
+
+
+def _device(name):
+    """The device to run on: ``name`` checked, or CUDA when available."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this torch sees no CUDA device")
+    return name
+
+
+def _builder(arch):
+    import torchtl
+
+    for namespace in (torchtl.models, torchtl.segmentation):
+        if arch in namespace.__all__ and callable(getattr(namespace, arch)):
+            return getattr(namespace, arch)
+    names = [n for ns in (torchtl.models, torchtl.segmentation) for n in ns.__all__ if n[0].islower()]
+    raise UsageError(f"unknown --model '{arch}'; choose from {', '.join(names)}")
+
+
+def _is_segmentation_arch(arch):
+    return arch.startswith(("fcn_", "deeplabv3_"))
+
+
+def _check_arch(arch, task):
+    _builder(arch)
+    if _is_segmentation_arch(arch) != (task == "segmentation"):
+        raise UsageError(f"--model {arch} is not a {task} model")
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
 
 
 # ---------------------------------------------------------------------------- subcommands
@@ -48,88 +155,68 @@ def cmd_make_map(args):
 
 
 def cmd_export_weights(args):
+    import warnings
+
     import torch
 
     import torchtl
 
-    builder = _builder(args.arch)
+    builder = _builder(args.model)
     if args.weights:
-        _existing_file(args.weights)
-    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+        _existing_file(args.weights, "weights")
+    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = builder(weights=args.weights, **kwargs)
     if not args.weights:
-        print(f"note: no --weights given; {args.arch} is exported with random weights "
+        print(f"note: no --weights given; {args.model} is exported with random weights "
               "(torchvision's pretrained weights cannot be downloaded here)", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     torchtl.export_traced(model, args.out, torch.randn(1, 3, args.size, args.size))
-    print(f"wrote {args.out} (traced {args.arch}, {sum(p.numel() for p in model.parameters())} parameters)")
+    print(f"wrote {args.out} (traced {args.model}, {sum(p.numel() for p in model.parameters())} parameters)")
 
 
-def _builder(arch):
-    import torchtl
+def _train_maps(args):
+    """(train, val) as given: --train/--val, or --data-path's train/ and val/ (a VOC root: both splits)."""
+    if args.data_path is None:
+        if args.train is None and not args.test_only:
+            raise UsageError("give --train (a map file or folder) or --data-path")
+        return args.train, args.val
+    if args.train is not None or args.val is not None:
+        raise UsageError("give --data-path or --train/--val, not both")
+    _existing(args.data_path)
+    if args.task == "segmentation":
+        return args.data_path, args.data_path  # VOC: ImageSets/Segmentation/{train,val}.txt
+    return os.path.join(args.data_path, "train"), os.path.join(args.data_path, "val")
 
-    for namespace in (torchtl.models, torchtl.segmentation):
-        b = getattr(namespace, arch, None)
-        if callable(b) and not arch.startswith("_"):
-            return b
-    raise ValueError(f"unknown arch '{arch}'; e.g. resnet18, resnet50, fcn_resnet50, deeplabv3_resnet50")
+
+def _output_dir(args):
+    """The run folder; a folder holding an earlier run is continued with --resume, never overwritten."""
+    out = args.output_dir or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
+                              else os.path.join("runs", f"{args.task}_{args.model}"))
+    if not args.resume:
+        earlier = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+        if earlier:
+            raise UsageError(f"{out} already holds a run ({', '.join(earlier)}); choose another --output-dir, "
+                             f"or continue it with --resume {os.path.join(out, 'last.pt')}")
+    return out
 
 
-def _is_segmentation_arch(arch):
-    return arch.startswith(("fcn_", "deeplabv3_"))
+def _check_resumed_config(path, config, mode_given):
+    """Under --resume, the run folder's config.json must describe the same model and data; the
+    earlier run's mode continues unless --mode is given."""
+    earlier = _read_json(path)
+    if not mode_given and "mode" in earlier:
+        config["mode"] = earlier["mode"]
+    keys = ("task", "arch", "num_classes", "size", "aux_loss", "mode")
+    differ = [f"{k}: {earlier.get(k)!r} before, {config[k]!r} now" for k in keys
+              if k in earlier and earlier.get(k) != config[k]]
+    if differ:
+        raise UsageError(f"--resume continues the run in {os.path.dirname(path)}, whose {CONFIG} differs: "
+                         + "; ".join(differ))
 
 
-def cmd_train(args):
-    import torch
-
-    import torchtl
-    from torchtl import compare, data
-
-    task = args.task
-    if _is_segmentation_arch(args.arch) != (task == "segmentation"):
-        raise ValueError(f"--arch {args.arch} does not fit the task '{task}'")
-    for path in (args.weights, args.weights_backbone):
-        if path:
-            _existing_file(path)
-    out = args.out or os.path.join("runs", f"{task}_{args.arch}")
-    train_map = compare.resolve_map(args.train, out, "train")
-    val_map = compare.resolve_map(args.val, out, "val") if args.val else None
-    torch.manual_seed(args.seed)
-    size = args.size or (224 if task == "classification" else 480)
-    classes = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if task == "classification":
-            num_classes = args.num_classes or compare._num_classes(train_map)
-            classes_file = data.classes_path_for(train_map)
-            classes = data.read_classes(classes_file) if os.path.isfile(classes_file) else None
-            model = _builder(args.arch)(num_classes=num_classes, weights=args.weights)
-            train, val = compare.classification_loaders(train_map, val_map or train_map, size=size,
-                                                        batch_size=args.batch_size, workers=args.workers,
-                                                        seed=args.seed)
-        else:
-            if not args.num_classes:
-                raise ValueError("segmentation needs --num-classes (21 for PASCAL VOC)")
-            num_classes = args.num_classes
-            model = _builder(args.arch)(num_classes=num_classes, aux_loss=args.aux_loss, weights=args.weights,
-                                        weights_backbone=args.weights_backbone)
-            train, val = compare.segmentation_loaders(train_map, val_map or train_map, size=size,
-                                                      batch_size=args.batch_size, workers=args.workers,
-                                                      seed=args.seed)
-    mode = args.mode or ("finetune" if (args.weights or args.weights_backbone) else "scratch")
-    os.makedirs(out, exist_ok=True)
-    config = dict(task=task, arch=args.arch, num_classes=num_classes, size=size, classes=classes,
-                  aux_loss=bool(args.aux_loss), mode=mode, train=train_map, val=val_map)
-    with open(os.path.join(out, CONFIG), "w") as f:
-        json.dump(config, f, indent=1)
-    history = torchtl.engine.fit(
-        model, train, val if val_map else None, task=task, mode=mode, optimizer=args.optimizer,
-        lr=args.lr or (0.01 if task == "classification" else 0.02),
-        momentum=0.9, weight_decay=args.weight_decay, epochs=args.epochs,
-        lr_schedule=args.lr_schedule or ("poly" if task == "segmentation" else "cosine"), device=args.device,
-        checkpoint_dir=out, seed=args.seed, progress=not args.quiet)
+def _print_epochs(history, task):
     for e in history["epochs"]:
         line = f"epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f}"
         if "train_acc" in e:
@@ -140,29 +227,140 @@ def cmd_train(args):
                      else f", val loss {v['loss']:.4f}, mIoU {v['miou']:.3f}, pixel acc {v['pixel_acc']:.3f}")
         line += f", {e['images_per_second']:.1f} img/s"
         print(line)
+
+
+def cmd_train(args):
+    import warnings
+
+    import torch
+
+    import torchtl
+    from torchtl import compare, data
+
+    task = args.task
+    segmentation = task == "segmentation"
+    # Everything is checked before anything is written.
+    _check_arch(args.model, task)
+    device = _device(args.device)
+    if args.amp and not device.startswith("cuda"):
+        raise UsageError(f"--amp needs a CUDA device, not --device {device}")
+    train_path, val_path = _train_maps(args)
+    if args.test_only and val_path is None:
+        raise UsageError("--test-only evaluates on --val (or --data-path's val/); give one")
+    if args.test_only and not (args.weights or args.resume):
+        raise UsageError("--test-only evaluates --weights or --resume; give one")
+    for flag, path in (("--weights", args.weights), ("--weights-backbone", getattr(args, "weights_backbone", None)),
+                       ("--resume", args.resume)):
+        if path:
+            _existing_file(path, flag)
+    for path in (train_path, val_path):
+        if path is not None:
+            _existing(path)
+    pretrained = args.weights or getattr(args, "weights_backbone", None)
+    mode = args.mode or ("finetune" if pretrained else "scratch")
+    if mode == "scratch" and pretrained:
+        raise UsageError("--mode scratch starts from random weights; drop --weights or choose finetune")
+    if mode == "feature_extractor" and not (args.weights or getattr(args, "weights_backbone", None) or args.resume):
+        raise UsageError("--mode feature_extractor needs --weights: a random backbone extracts nothing")
+    size = args.base_size if segmentation else args.size
+    if args.test_only:
+        return _test_only(args, task, device, val_path, size)
+
+    out = _output_dir(args)
+    config_path = os.path.join(out, CONFIG)
+    train_map = compare.resolve_map(train_path, out, "train")
+    val_map = compare.resolve_map(val_path, out, "val") if val_path else None
+    torch.manual_seed(args.seed)
+    classes = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not segmentation:
+            # The C++ reader checks every line here (and names the file and line at fault).
+            num_classes = args.num_classes if args.num_classes is not None else compare._num_classes(train_map)
+            classes_file = data.classes_path_for(train_map)
+            classes = data.read_classes(classes_file) if os.path.isfile(classes_file) else None
+            train, val = compare.classification_loaders(train_map, val_map or train_map, size=size,
+                                                        batch_size=args.batch_size, workers=args.workers,
+                                                        seed=args.seed)
+            model = _builder(args.model)(num_classes=num_classes, weights=args.weights)
+        else:
+            num_classes = args.num_classes
+            train, val = compare.segmentation_loaders(train_map, val_map or train_map, size=size,
+                                                      crop_size=args.crop_size, batch_size=args.batch_size,
+                                                      workers=args.workers, seed=args.seed)
+            model = _builder(args.model)(num_classes=num_classes, aux_loss=args.aux_loss, weights=args.weights,
+                                         weights_backbone=args.weights_backbone)
+    config = dict(task=task, arch=args.model, num_classes=num_classes, size=size, classes=classes,
+                  aux_loss=bool(getattr(args, "aux_loss", False)), mode=mode, train=train_map, val=val_map)
+    if args.resume and os.path.isfile(config_path):
+        _check_resumed_config(config_path, config, mode_given=args.mode is not None)
+        mode = config["mode"]
+    else:
+        os.makedirs(out, exist_ok=True)
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=1)
+    history = torchtl.engine.fit(
+        model, train, val if val_map else None, task=task, mode=mode,
+        optimizer="sgd" if args.opt == "sgd_nesterov" else args.opt, nesterov=args.opt == "sgd_nesterov",
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
+        lr_schedule=args.lr_scheduler, step_size=args.lr_step_size, gamma=args.lr_gamma,
+        warmup_epochs=args.lr_warmup_epochs, label_smoothing=getattr(args, "label_smoothing", 0.0),
+        device=device, amp=args.amp, checkpoint_dir=out, resume=args.resume, seed=args.seed,
+        progress=not args.quiet)
+    _print_epochs(history, task)
     print(f"checkpoints and history in {out}/ (best.pt, last.pt, history.json, {CONFIG})")
 
 
+def _test_only(args, task, device, val_path, size):
+    """--test-only: evaluate the given weights on the validation data; nothing is written."""
+    import tempfile
+    import warnings
+
+    import torchtl
+    from torchtl import compare
+
+    with tempfile.TemporaryDirectory() as scratch:  # a folder given as --val is listed here
+        val_map = compare.resolve_map(val_path, scratch, "val")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weights = args.resume or args.weights
+            if task == "classification":
+                num_classes = args.num_classes if args.num_classes is not None else compare._num_classes(val_map)
+                _, val = compare.classification_loaders(val_map, val_map, size=size, batch_size=args.batch_size,
+                                                        workers=args.workers)
+                model = _builder(args.model)(num_classes=num_classes, weights=weights)
+            else:
+                _, val = compare.segmentation_loaders(val_map, val_map, size=size, workers=args.workers)
+                model = _builder(args.model)(num_classes=args.num_classes, aux_loss=args.aux_loss, weights=weights)
+        r = torchtl.engine.evaluate(model, val, task=task, device=device, progress=not args.quiet)
+        _print_evaluation(val_path, len(val.dataset), task, r)
+
+
+def _print_evaluation(name, images, task, r):
+    if task == "classification":
+        print(f"{name}: {images} images, loss {r['loss']:.4f}, acc@1 {r['acc1']:.4f}, acc@5 {r['acc5']:.4f}")
+    else:
+        print(f"{name}: {images} images, loss {r['loss']:.4f}, mIoU {r['miou']:.4f}, pixel acc {r['pixel_acc']:.4f}")
+
+
 def _load_config(checkpoint, args):
-    _existing_file(checkpoint)
+    _existing_file(checkpoint, "checkpoint")
     config_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CONFIG)
-    config = {}
-    if os.path.isfile(config_path):
-        with open(config_path) as f:
-            config = json.load(f)
-    for key in ("arch", "num_classes", "size"):
-        value = getattr(args, key, None)
-        if value:
+    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} does not hold a JSON object")
+    for key, value in (("arch", args.model), ("num_classes", args.num_classes), ("size", args.size)):
+        if value is not None:
             config[key] = value
     if "arch" not in config:
-        raise ValueError(f"no {CONFIG} next to {checkpoint}: give --arch (and --num-classes for segmentation)")
+        raise UsageError(f"no {CONFIG} next to {checkpoint}: give --model (and --num-classes for segmentation)")
+    _builder(config["arch"])
     config.setdefault("task", "segmentation" if _is_segmentation_arch(config["arch"]) else "classification")
-    config.setdefault("size", 224 if config["task"] == "classification" else 480)
+    config.setdefault("size", 224 if config["task"] == "classification" else 520)
     return config
 
 
 def _load_model(checkpoint, config):
-    _existing_file(checkpoint)
     kwargs = {}
     if config.get("num_classes"):
         kwargs["num_classes"] = config["num_classes"]
@@ -177,7 +375,9 @@ def cmd_evaluate(args):
 
     config = _load_config(args.checkpoint, args)
     if args.task and args.task != config["task"]:
-        raise ValueError(f"the checkpoint is a {config['task']} model, not {args.task}")
+        raise UsageError(f"the checkpoint is a {config['task']} model, not {args.task}")
+    device = _device(args.device)
+    _existing(args.val)
     model = _load_model(args.checkpoint, config)
     val_map = compare.resolve_map(args.val, os.path.dirname(os.path.abspath(args.checkpoint)), "val")
     if config["task"] == "classification":
@@ -185,13 +385,37 @@ def cmd_evaluate(args):
                                                 workers=args.workers)
     else:
         _, val = compare.segmentation_loaders(val_map, val_map, size=config["size"], workers=args.workers)
-    r = torchtl.engine.evaluate(model, val, task=config["task"], device=args.device, progress=not args.quiet)
-    if config["task"] == "classification":
-        print(f"{val_map}: {len(val.dataset)} images, loss {r['loss']:.4f}, acc@1 {r['acc1']:.4f}, "
-              f"acc@5 {r['acc5']:.4f}")
-    else:
-        print(f"{val_map}: {len(val.dataset)} images, loss {r['loss']:.4f}, mIoU {r['miou']:.4f}, "
-              f"pixel acc {r['pixel_acc']:.4f}")
+    r = torchtl.engine.evaluate(model, val, task=config["task"], device=device, progress=not args.quiet)
+    _print_evaluation(val_map, len(val.dataset), config["task"], r)
+
+
+def _images(paths):
+    """Image files from files and folders (a folder's images as ImageFolder finds them, sorted)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path, followlinks=True)
+                            for name in names if name.lower().endswith(IMG_EXTENSIONS))
+            if not inside:
+                raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) in folder {path}")
+            found += inside
+        else:
+            found.append(_existing_file(path, "image"))
+    return found
+
+
+def _read_image(path):
+    from torchtl import data
+
+    try:
+        return data.read_image(path)
+    except RuntimeError as e:
+        # torchvision's decoder names its own function and source file ("decode_image, .../decode_image.cpp:43,
+        # Unsupported image file. ..."), not the image: keep its reason, name the image.
+        reason = re.sub(r"^\w+, \S+:\d+, ", "", str(e).strip()) or type(e).__name__
+        raise ValueError(f"{path}: cannot read this image: {reason}") from None
 
 
 def cmd_predict(args):
@@ -202,58 +426,76 @@ def cmd_predict(args):
     from torchtl import compare, data
 
     config = _load_config(args.checkpoint, args)
-    model = _load_model(args.checkpoint, config).to(args.device).eval()
+    device = _device(args.device)
+    images = _images(args.images)
+    segmentation = config["task"] == "segmentation"
+    if segmentation:
+        stems = {}
+        for path in images:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            if stem in stems:
+                raise UsageError(f"{stems[stem]} and {path} would both write {stem}_mask.png into {args.out}")
+            stems[stem] = path
+    model = _load_model(args.checkpoint, config).to(device).eval()
     size = config["size"]
-    for path in args.images:
-        image = data.read_image(_existing_file(path))
-        if config["task"] == "classification":
+    for path in images:
+        image = _read_image(path)
+        if not segmentation:
             x = data.classification_transform(train=False, size=size,
                                               resize_size=size if size < 128 else size * 256 // 224)(image, seed=0)
             with torch.no_grad():
-                probs = model(x[None].to(args.device)).softmax(1)[0].cpu()
+                probs = model(x[None].to(device)).softmax(1)[0].cpu()
             top = probs.topk(min(args.topk, probs.numel()))
             names = config.get("classes") or [str(i) for i in range(probs.numel())]
             print(path + ": " + ", ".join(f"{names[i]} {p:.3f}" for p, i in zip(top.values.tolist(),
                                                                              top.indices.tolist())))
-        else:
-            resized = TF.resize(image, [size], antialias=True)
-            x = TF.normalize(resized.float() / 255, list(data.IMAGENET_MEAN), list(data.IMAGENET_STD))
-            mask = compare.predict_masks(model, x[None], args.device)[0]
-            os.makedirs(args.out, exist_ok=True)
-            out = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + "_mask.png")
-            write_png(compare.overlay(resized, mask), out)
-            present = torch.bincount(mask.flatten(), minlength=config["num_classes"])
-            share = ", ".join(f"class {c} {n / mask.numel():.1%}" for c, n in enumerate(present.tolist()) if n)
-            print(f"{path}: wrote {out} ({share})")
+            continue
+        # The model sees the shorter side at the training size, as in evaluation; its scores are
+        # resized back to the image before the argmax, so the mask matches the input pixel for pixel.
+        resized = TF.resize(image, [size], antialias=True)
+        x = TF.normalize(resized.float() / 255, list(data.IMAGENET_MEAN), list(data.IMAGENET_STD))
+        with torch.no_grad():
+            scores = model(x[None].to(device))["out"]
+            scores = torch.nn.functional.interpolate(scores, size=image.shape[-2:], mode="bilinear",
+                                                     align_corners=False)
+        mask = scores.argmax(1)[0].cpu()
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0])
+        write_png(mask.to(torch.uint8)[None], stem + "_mask.png")
+        write_png(compare.overlay(image, mask), stem + "_overlay.png")
+        present = torch.bincount(mask.flatten(), minlength=config["num_classes"])
+        share = ", ".join(f"class {c} {n / mask.numel():.1%}" for c, n in enumerate(present.tolist()) if n)
+        print(f"{path}: wrote {stem}_mask.png (class indices) and {stem}_overlay.png ({share})")
 
 
 def cmd_compare(args):
     from torchtl import compare
 
-    for path in (args.weights, getattr(args, "weights_backbone", None)):
+    _check_arch(args.model, args.task)
+    device = _device(args.device)
+    for flag, path in (("--weights", args.weights), ("--weights-backbone", getattr(args, "weights_backbone", None))):
         if path:
-            _existing_file(path)
+            _existing_file(path, flag)
     _existing(args.train)
     _existing(args.val)
-    out = args.out or os.path.join("reports", args.task)
+    out = args.output_dir or os.path.join("reports", args.task)
     log = (lambda *a: None) if args.quiet else print
-    size = args.size or 64
     if args.task == "classification":
         scenarios = args.scenarios.split(",")
         bad = [s for s in scenarios if s not in compare.SCENARIOS]
         if bad:
-            raise ValueError(f"unknown scenario '{bad[0]}'; choose from {', '.join(compare.SCENARIOS)}")
+            raise UsageError(f"unknown scenario '{bad[0]}'; choose from {', '.join(compare.SCENARIOS)}")
+        if args.weights is None and any(s != "scratch" for s in scenarios):
+            raise UsageError("finetune and feature_extractor need --weights (a pretrained model of the same arch)")
         report = compare.compare_classification(
-            args.train, args.val, out, weights=args.weights, arch=args.arch or "resnet18", scenarios=scenarios,
-            epochs=args.epochs, batch_size=args.batch_size, size=size, lr=args.lr or 0.01, device=args.device,
+            args.train, args.val, out, weights=args.weights, arch=args.model, scenarios=scenarios,
+            epochs=args.epochs, batch_size=args.batch_size, size=args.size, lr=args.lr, device=device,
             seed=args.seed, workers=args.workers, progress=not args.quiet, log=log)
     else:
-        if not args.num_classes:
-            raise ValueError("segmentation needs --num-classes (21 for PASCAL VOC)")
         report = compare.compare_segmentation(
-            args.train, args.val, out, arch=args.arch or "fcn_resnet50", num_classes=args.num_classes,
+            args.train, args.val, out, arch=args.model, num_classes=args.num_classes,
             weights=args.weights, weights_backbone=args.weights_backbone, epochs=args.epochs,
-            batch_size=args.batch_size, size=size, lr=args.lr or 0.02, device=args.device, seed=args.seed,
+            batch_size=args.batch_size, size=args.size, lr=args.lr, device=device, seed=args.seed,
             workers=args.workers, progress=not args.quiet, log=log)
     print(report["table"])
     print(f"report: {os.path.join(out, 'report.md')}")
@@ -261,114 +503,199 @@ def cmd_compare(args):
 
 # ---------------------------------------------------------------------------- parser
 
+# The defaults of each task; the C++ example programs use the same ones (tests/cpp checks them).
+CLASSIFICATION = dict(model="resnet18", epochs=10, batch_size=8, lr=0.01, size=224, lr_scheduler="cosine")
+SEGMENTATION = dict(model="fcn_resnet50", epochs=10, batch_size=4, lr=0.01, base_size=520, crop_size=480,
+                    lr_scheduler="poly")
+
+
+CLASSIFICATION_MODELS = "resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d/64x4d, wide_resnet50_2/101_2"
+SEGMENTATION_MODELS = "fcn_resnet50/101, deeplabv3_resnet50/101"
+
+
+def _version():
+    import torchtl
+
+    return f"torchtl {torchtl.__version__}"
+
+
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
     parser = argparse.ArgumentParser(
-        prog="torchtl", parents=[common],
+        prog="torchtl", parents=[common], formatter_class=_Formatter,
         description="torchvision's ResNet/FCN/DeepLabV3 trained in C++ (LibTorch), with Python twins to compare.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name, func, help):
-        p = sub.add_parser(name, parents=[common], help=help, description=help)
+    def add(parent, name, func, help):
+        p = parent.add_parser(name, parents=[common], help=help, description=help, formatter_class=_Formatter)
         p.set_defaults(func=func)
         return p
 
-    def run_options(p, epochs, batch_size):
-        p.add_argument("--epochs", type=int, default=epochs)
-        p.add_argument("--batch-size", type=int, default=batch_size)
-        p.add_argument("--lr", type=float, default=None, help="learning rate (default per task)")
-        p.add_argument("--size", type=int, default=None,
-                       help="crop size (classification, default 224) or base size (segmentation, default 480)")
-        p.add_argument("--device", default=_device_default(), help="cpu, cuda, cuda:1 (default: cuda if available)")
-        p.add_argument("--workers", type=int, default=2, help="C++ loader threads")
-        p.add_argument("--seed", type=int, default=0)
+    def tasks(p, dest="task"):
+        return p.add_subparsers(dest=dest, metavar="TASK", required=True)
+
+    def model_option(p, default):
+        p.add_argument("--model", "--arch", dest="model", default=default,
+                       help=SEGMENTATION_MODELS if _is_segmentation_arch(default) else CLASSIFICATION_MODELS)
+
+    def run_options(p, defaults, epochs=None):
+        p.add_argument("--epochs", type=positive_int, default=epochs or defaults["epochs"], help="epochs to train")
+        p.add_argument("-b", "--batch-size", type=positive_int, default=defaults["batch_size"],
+                       help="images per training batch")
+        p.add_argument("--lr", type=positive_float, default=defaults["lr"], help="learning rate")
+        p.add_argument("--device", default=None, help=DEVICE_HELP)
+        p.add_argument("-j", "--workers", type=nonnegative_int, default=2, help="C++ loader threads")
+        p.add_argument("--seed", type=nonnegative_int, default=0,
+                       help="fixes sampling order, augmentation and initialisation")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = add("make-map", cmd_make_map, "write a map file for an ImageFolder tree or a PASCAL VOC folder")
+    def data_options(p, required=False):
+        p.add_argument("--train", required=required, help="map file or ImageFolder/VOC folder")
+        p.add_argument("--val", required=required, help="map file or folder for per-epoch validation")
+
+    p = add(sub, "make-map", cmd_make_map, "write a map file for an ImageFolder tree or a PASCAL VOC folder")
     p.add_argument("root", help="ImageFolder root (root/<class>/<images>) or VOC root (JPEGImages, SegmentationClass)")
     p.add_argument("out", help="map file to write (ImageFolder: also <out>_classes.txt)")
-    p.add_argument("--layout", choices=("auto", "imagefolder", "voc"), default="auto")
+    p.add_argument("--layout", choices=("auto", "imagefolder", "voc"), default="auto",
+                   help="auto: VOC when ROOT has JPEGImages and SegmentationClass")
     p.add_argument("--split", default="train", help="VOC split (ImageSets/Segmentation/<split>.txt)")
 
-    p = add("export-weights", cmd_export_weights, "write a traced archive (the seeds' weight format) of a model")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--out", required=True, help="archive path, e.g. resnet18_Python.pt")
+    p = add(sub, "export-weights", cmd_export_weights, "write a traced archive (torch.jit.save) of a model")
+    model_option(p, "resnet18")
+    p.add_argument("--out", required=True, help="archive path, e.g. resnet18_traced.pt")
     p.add_argument("--weights", help="weights to export (checkpoint, state dict or archive); default: random init")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--size", type=int, default=224, help="example input size used for tracing")
+    p.add_argument("--num-classes", type=positive_int, help="default: the builder's (1000, or 21 for segmentation)")
+    p.add_argument("--size", type=image_size, default=224, help="example input size used for tracing")
 
-    p = add("train", cmd_train, "train a model with the C++ engine (checkpoints, history.json and config.json in --out)")
-    p.add_argument("task", choices=("classification", "segmentation"))
-    p.add_argument("--train", required=True, help="map file or ImageFolder/VOC folder")
-    p.add_argument("--val", help="map file or folder for per-epoch validation")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--weights", help="starting weights (traced archive, torch.save file)")
-    p.add_argument("--weights-backbone", help="segmentation: classification weights for the backbone")
-    p.add_argument("--mode", choices=("scratch", "finetune", "feature_extractor"),
-                   help="default: finetune with --weights, else scratch")
-    p.add_argument("--num-classes", type=int, help="default: from the classes file (classification)")
-    p.add_argument("--aux-loss", action="store_true", help="segmentation: add the auxiliary head")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--lr-schedule", choices=("constant", "step", "cosine", "poly"))
-    p.add_argument("--out", help="run folder (default runs/<task>_<arch>)")
-    run_options(p, epochs=10, batch_size=8)
+    train_tasks = tasks(add(sub, "train", cmd_train, "train a model with the C++ engine (checkpoints, "
+                            "history.json and config.json in --output-dir)"))
+    for task, d in (("classification", CLASSIFICATION), ("segmentation", SEGMENTATION)):
+        p = add(train_tasks, task, cmd_train,
+                f"train a {task} model with the C++ engine, as torchvision's references/{task}/train.py")
+        data_options(p)
+        p.add_argument("--data-path", help="folder with train/ and val/ image folders"
+                       if task == "classification" else "VOC root (its train and val splits)")
+        model_option(p, d["model"])
+        p.add_argument("--weights", help="starting weights (traced archive, state dict or checkpoint)")
+        if task == "segmentation":
+            p.add_argument("--weights-backbone", help="classification weights for the backbone")
+        p.add_argument("--mode", choices=("scratch", "finetune", "feature_extractor"),
+                       help="default: finetune with --weights, else scratch")
+        if task == "classification":
+            p.add_argument("--num-classes", type=positive_int,
+                           help="default: the classes file beside the map file, else the largest label + 1")
+        else:
+            p.add_argument("--num-classes", type=positive_int, required=True, help="21 for PASCAL VOC")
+            p.add_argument("--aux-loss", action="store_true", help="add the auxiliary head (loss weight 0.5)")
+        p.add_argument("--opt", "--optimizer", dest="opt", choices=("sgd", "sgd_nesterov", "adam", "adamw"),
+                       default="sgd", help="optimizer")
+        p.add_argument("--momentum", type=nonnegative_float, default=0.9, help="SGD momentum")
+        p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=nonnegative_float, default=1e-4,
+                       help="weight decay")
+        if task == "classification":
+            p.add_argument("--label-smoothing", type=_number(float, 0, maximum=1), default=0.0,
+                           help="label smoothing of the cross-entropy loss")
+        p.add_argument("--lr-scheduler", "--lr-schedule", dest="lr_scheduler", type=_scheduler, choices=SCHEDULERS,
+                       default=d["lr_scheduler"], help="also steplr, cosineannealinglr, polynomiallr")
+        p.add_argument("--lr-warmup-epochs", type=nonnegative_int, default=0, help="epochs of linear warm-up")
+        p.add_argument("--lr-step-size", type=positive_int, default=7, help="--lr-scheduler step: epochs per decay")
+        p.add_argument("--lr-gamma", type=positive_float, default=0.1, help="--lr-scheduler step: decay factor")
+        if task == "classification":
+            p.add_argument("--size", type=image_size, default=d["size"],
+                           help="training crop and evaluation size (evaluation resizes to size*256/224 first)")
+        else:
+            p.add_argument("--base-size", type=image_size, default=d["base_size"],
+                           help="shorter side of the evaluation images; training scales it by 0.5x to 2x")
+            p.add_argument("--crop-size", type=image_size, default=d["crop_size"], help="training crop")
+            p.add_argument("--size", type=image_size, action=_BothSizes,
+                           help="--base-size and --crop-size at once")
+        p.add_argument("--amp", nargs="?", const="fp16", choices=("fp16", "bf16"),
+                       help="mixed precision on CUDA (--amp alone: fp16)")
+        p.add_argument("--resume", help="last.pt of a run to continue (its folder is the default --output-dir)")
+        p.add_argument("--test-only", action="store_true",
+                       help="only evaluate --weights or --resume on --val; write nothing")
+        p.add_argument("--output-dir", "--out", dest="output_dir",
+                       help="run folder (default runs/<task>_<model>); an earlier run there is never overwritten")
+        run_options(p, d)
 
-    p = add("evaluate", cmd_evaluate, "evaluate a checkpoint on a map file or folder with the C++ engine")
+    p = add(sub, "evaluate", cmd_evaluate, "evaluate a checkpoint on a map file or folder with the C++ engine")
     p.add_argument("task", nargs="?", choices=("classification", "segmentation"),
                    help="checked against the checkpoint's config.json")
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a train run (config.json beside it)")
-    p.add_argument("--val", required=True)
-    p.add_argument("--arch", help="default: from config.json")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--size", type=int)
-    p.add_argument("--device", default=_device_default())
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--val", required=True, help="map file or folder")
+    p.add_argument("--model", "--arch", dest="model", help="default: from config.json")
+    p.add_argument("--num-classes", type=positive_int, help="default: from config.json")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=8, help="images per batch (classification)")
+    p.add_argument("--size", type=image_size, help="default: from config.json")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("-j", "--workers", type=nonnegative_int, default=2, help="C++ loader threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = add("predict", cmd_predict, "top-k classes, or a mask overlay PNG, for images")
-    p.add_argument("images", nargs="+")
+    p = add(sub, "predict", cmd_predict, "top-k classes, or a class-index mask and an overlay PNG, for images")
+    p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a train run (config.json beside it)")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--out", default="predictions", help="segmentation: folder for the overlay PNGs")
-    p.add_argument("--arch", help="default: from config.json")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--size", type=int)
-    p.add_argument("--device", default=_device_default())
+    p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (at most all)")
+    p.add_argument("--out", default="predictions",
+                   help="segmentation: folder for <image>_mask.png (class indices) and <image>_overlay.png")
+    p.add_argument("--model", "--arch", dest="model", help="default: from config.json")
+    p.add_argument("--num-classes", type=positive_int, help="default: from config.json")
+    p.add_argument("--size", type=image_size, help="default: from config.json")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
 
-    p = add("compare", cmd_compare, "train with the C++ engine and the Python twin side by side; write a report")
-    p.add_argument("task", choices=("classification", "segmentation"))
-    p.add_argument("--train", required=True, help="map file or ImageFolder/VOC folder")
-    p.add_argument("--val", required=True)
-    p.add_argument("--arch", help="default resnet18 / fcn_resnet50")
-    p.add_argument("--weights", help="pretrained start (classification: needed by finetune and feature_extractor)")
-    p.add_argument("--weights-backbone", help="segmentation: classification weights for the backbone")
-    p.add_argument("--scenarios", default=",".join(("scratch", "finetune", "feature_extractor")),
-                   help="classification: comma-separated subset of scratch,finetune,feature_extractor")
-    p.add_argument("--num-classes", type=int, help="segmentation: number of classes")
-    p.add_argument("--out", help="report folder (default reports/<task>)")
-    run_options(p, epochs=5, batch_size=8)
+    compare = add(sub, "compare", cmd_compare,
+                  "train with the C++ engine and the Python twin side by side; write a report")
+    compare_tasks = tasks(compare)
+    for task, d in (("classification", CLASSIFICATION), ("segmentation", SEGMENTATION)):
+        p = add(compare_tasks, task, cmd_compare, f"{task}: C++ engine vs Python twin; a report in --output-dir")
+        data_options(p, required=True)
+        model_option(p, d["model"])
+        p.add_argument("--weights", help="pretrained start (classification: needed by finetune and feature_extractor)")
+        if task == "classification":
+            p.add_argument("--scenarios", default=",".join(("scratch", "finetune", "feature_extractor")),
+                           help="comma-separated subset of scratch,finetune,feature_extractor")
+            p.add_argument("--size", type=image_size, default=64, help="training crop and evaluation size")
+        else:
+            p.add_argument("--weights-backbone", help="classification weights for the backbone")
+            p.add_argument("--num-classes", type=positive_int, required=True, help="21 for PASCAL VOC")
+            p.add_argument("--size", type=image_size, default=64, help="base and crop size")
+        p.add_argument("--output-dir", "--out", dest="output_dir", help="report folder (default reports/<task>)")
+        run_options(p, d, epochs=5)
     return parser
+
+
+def _message(e):
+    text = str(e).strip()
+    if isinstance(e, KeyError) and len(e.args) == 1:
+        text = str(e.args[0])
+    return text or type(e).__name__
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    name = " ".join(a for a in (args.command, getattr(args, "task", None)) if a)
     try:
         args.func(args)
     except KeyboardInterrupt:
         print("torchtl: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
+    except UsageError as e:
         if debug:
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"torchtl {args.command}: error: {message}", file=sys.stderr)
+        print(f"torchtl {name}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001  (the user sees the message; --debug shows the traceback)
+        if debug:
+            raise
+        known = isinstance(e, (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError))
+        kind = "error" if known else f"error ({type(e).__name__})"
+        print(f"torchtl {name}: {kind}: {_message(e)}", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 

@@ -9,6 +9,7 @@ overlays of predicted masks. Used by ``examples/*_compare.py``, ``examples/demo.
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import time
@@ -32,17 +33,34 @@ PALETTE = torch.tensor([[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 
 
 
 def resolve_map(path, out_dir, name: str) -> str:
-    """A map file as given, or one written into ``out_dir`` for an ImageFolder/VOC folder."""
+    """A map file as given, or one written into ``out_dir`` for an ImageFolder/VOC folder.
+
+    A map file (and classes file) already in ``out_dir`` is kept when it lists the same samples,
+    and is never overwritten with others: a run folder keeps the data its run was trained on.
+    """
     path = os.fspath(path)
     if os.path.isfile(path):
         return path
-    if os.path.isdir(path):
-        os.makedirs(out_dir, exist_ok=True)
-        map_path = os.path.join(out_dir, f"{name}.txt")
-        layout_voc = os.path.isdir(os.path.join(path, "JPEGImages"))
-        data.write_map_file(path, map_path, split=name if layout_voc else "train")
-        return map_path
-    raise FileNotFoundError(f"no map file or image folder at '{path}'")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no map file or image folder at '{path}'")
+    os.makedirs(out_dir, exist_ok=True)
+    map_path = os.path.join(out_dir, f"{name}.txt")
+    layout_voc = os.path.isdir(os.path.join(path, "JPEGImages"))
+    new_map, new_classes = os.path.join(out_dir, f".{name}.txt.new"), os.path.join(out_dir, f".{name}_classes.txt.new")
+    try:
+        data.write_map_file(path, new_map, split=name if layout_voc else "train", classes_path=new_classes)
+        pairs = [(new_map, map_path)] + ([] if layout_voc else [(new_classes, data.classes_path_for(map_path))])
+        for new, final in pairs:
+            if os.path.exists(final) and not filecmp.cmp(new, final, shallow=False):
+                raise FileExistsError(f"{final} already lists other samples than {path} does now; "
+                                      f"it is kept: use another output folder")
+        for new, final in pairs:
+            os.replace(new, final)
+    finally:
+        for leftover in (new_map, new_classes):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return map_path
 
 
 def classification_loaders(train_map, val_map, *, size=64, batch_size=8, workers=2, seed=0, augment=True,
@@ -61,9 +79,12 @@ def classification_loaders(train_map, val_map, *, size=64, batch_size=8, workers
     return train, val
 
 
-def segmentation_loaders(train_map, val_map, *, size=64, batch_size=4, workers=2, seed=0):
+def segmentation_loaders(train_map, val_map, *, size=64, crop_size=None, batch_size=4, workers=2, seed=0):
+    """Training crops of ``crop_size`` (default ``size``) after scaling ``size`` by 0.5x to 2x;
+    evaluation at shorter side ``size``."""
+    crop_size = size if crop_size is None else crop_size
     train_ds = data.SegmentationMapDataset(
-        train_map, transform=data.segmentation_transform(train=True, base_size=size, crop_size=size), seed=seed)
+        train_map, transform=data.segmentation_transform(train=True, base_size=size, crop_size=crop_size), seed=seed)
     val_ds = data.SegmentationMapDataset(val_map, transform=data.segmentation_transform(train=False, base_size=size))
     train = data.DataLoader(train_ds, batch_size, shuffle=True, num_workers=workers, seed=seed,
                             drop_last=len(train_ds) > batch_size)
@@ -73,11 +94,11 @@ def segmentation_loaders(train_map, val_map, *, size=64, batch_size=4, workers=2
 
 
 def _num_classes(map_file) -> int:
-    classes = data.classes_path_for(map_file)
-    if os.path.isfile(classes):
-        return len(data.read_classes(classes))
-    labels = [int(line.split("\t")[1]) for line in open(map_file, encoding="utf-8") if line.strip()]
-    return max(labels) + 1
+    """The classes file's length, else the largest label + 1; the C++ reader checks every line."""
+    dataset = data.MapDataset(map_file)
+    if dataset.num_classes is not None:
+        return dataset.num_classes
+    return max(label for _, label in dataset.samples) + 1
 
 
 def _run_pair(build, loaders, fit_kwargs, progress, log, label):
@@ -190,15 +211,16 @@ def compare_classification(train, val, out_dir, *, weights=None, arch="resnet18"
     random initialisation. ``lr`` is one rate or ``{scenario: rate}`` (the seeds fine-tune with a
     smaller rate than they train a new head with). Returns the report (also written to ``out_dir``).
     """
-    os.makedirs(out_dir, exist_ok=True)
-    train_map = resolve_map(train, out_dir, "train")
-    val_map = resolve_map(val, out_dir, "val")
     if weights is None and any(s != "scratch" for s in scenarios):
         raise ValueError("finetune and feature_extractor need --weights (a pretrained model of the same arch)")
-    num_classes = _num_classes(train_map)
     builder = getattr(torchtl.models, arch, None)
     if builder is None:
         raise ValueError(f"unknown arch '{arch}'")
+    train_map = resolve_map(train, out_dir, "train")
+    val_map = resolve_map(val, out_dir, "val")
+    num_classes = _num_classes(train_map)  # every line checked before the report folder is made
+    _num_classes(val_map)
+    os.makedirs(out_dir, exist_ok=True)
     rows = []
     for scenario in scenarios:
         def build(scenario=scenario):
@@ -283,12 +305,12 @@ def compare_segmentation(train, val, out_dir, *, arch="fcn_resnet50", num_classe
                          weights_backbone=None, epochs=3, batch_size=4, size=64, lr=0.02, aux_loss=False,
                          device="cpu", seed=0, workers=2, overlays=4, progress=False, log=print) -> dict:
     """fcn/deeplabv3 trained by the C++ engine and by the Python twin; mIoU and pixel accuracy."""
-    os.makedirs(out_dir, exist_ok=True)
-    train_map = resolve_map(train, out_dir, "train")
-    val_map = resolve_map(val, out_dir, "val")
     builder = getattr(torchtl.segmentation, arch, None)
     if builder is None:
         raise ValueError(f"unknown segmentation arch '{arch}'")
+    train_map = resolve_map(train, out_dir, "train")
+    val_map = resolve_map(val, out_dir, "val")
+    os.makedirs(out_dir, exist_ok=True)
     if num_classes is None and weights is None:
         raise ValueError("num_classes is needed (or weights holding the head)")
 

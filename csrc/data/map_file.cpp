@@ -93,7 +93,10 @@ void write_text(const std::string& path, const std::string& text) {
 }  // namespace
 
 const std::vector<std::string>& image_extensions() {
-  static const std::vector<std::string> extensions{".jpg", ".jpeg", ".png", ".webp"};
+  // torchvision.datasets.folder.IMG_EXTENSIONS, in its order, so a map file lists what ImageFolder
+  // lists (tests/test_cli.py checks); a file torchvision's decoder cannot read fails naming its path.
+  static const std::vector<std::string> extensions{".jpg", ".jpeg", ".png", ".ppm", ".bmp",
+                                                   ".pgm", ".tif",  ".tiff", ".webp"};
   return extensions;
 }
 
@@ -231,7 +234,9 @@ int64_t write_image_folder_map(const std::string& root, const std::string& map_p
   if (!empty_classes.empty()) {
     std::ostringstream names;
     for (size_t i = 0; i < empty_classes.size(); ++i) names << (i ? ", " : "") << empty_classes[i];
-    TORCH_CHECK_VALUE(false, "image folder '", root, "': no images (", "jpg, jpeg, png, webp", ") in class folder",
+    std::string listed;
+    for (const auto& ext : image_extensions()) listed += (listed.empty() ? "" : ", ") + ext.substr(1);
+    TORCH_CHECK_VALUE(false, "image folder '", root, "': no images (", listed, ") in class folder",
                       empty_classes.size() == 1 ? " " : "s ", names.str());
   }
   write_text(map_path, map_text.str());

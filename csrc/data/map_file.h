@@ -50,7 +50,7 @@ MapFile read_map_file(const std::string& path, const MapFileOptions& options = {
 // "line N" prefix used by every error about an entry, so messages read the same everywhere.
 std::string describe(const MapFile& map, const MapEntry& entry);
 
-// The extensions write_image_folder_map lists (decodable by torchvision's image ops).
+// The extensions write_image_folder_map lists: ImageFolder's (torchvision.datasets.folder.IMG_EXTENSIONS).
 const std::vector<std::string>& image_extensions();
 
 // ImageFolder tree (root/class_x/xxx.jpg) -> map file + classes file (one class name a line,

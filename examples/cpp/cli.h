@@ -5,11 +5,14 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -23,51 +26,107 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// `--name value` options, each bound to a variable that holds its default.
+// Options as the `torchtl` command spells them (torchvision references' names, older names as
+// aliases), each bound to a variable that holds its default; --help lists them with their defaults.
 class Options {
  public:
-  explicit Options(std::string usage) : usage_(std::move(usage)) {}
+  // `synopsis` follows "usage: ", `description` the usage line.
+  Options(std::string synopsis, std::string description)
+      : synopsis_(std::move(synopsis)), description_(std::move(description)) {}
 
-  void text(const std::string& name, std::string* target, std::vector<std::string> choices = {}) {
-    text_[name] = {target, std::move(choices)};
+  // `names`: comma-separated, the references' name first ("-b,--batch-size"); `show_default`:
+  // false where the default is not a value (required options, defaults derived from others).
+  void text(const std::string& names, std::string* target, const std::string& help,
+            std::vector<std::string> choices = {}, bool show_default = true) {
+    std::string list;
+    for (const auto& c : choices) list += (list.empty() ? "{" : ",") + c;
+    add(names, choices.empty() ? "TEXT" : list + "}", help, show_default && !target->empty() ? *target : "",
+        [target, choices](const std::string& option, const std::string& value) {
+          if (!choices.empty() && std::find(choices.begin(), choices.end(), value) == choices.end()) {
+            std::string one_of;
+            for (const auto& c : choices) one_of += (one_of.empty() ? "" : ", ") + c;
+            throw UsageError(option + " expects one of " + one_of + ", got '" + value + "'");
+          }
+          *target = value;
+        });
   }
-  void integer(const std::string& name, int64_t* target, int64_t minimum) { integers_[name] = {target, minimum}; }
-  // A real number > 0.
-  void positive(const std::string& name, double* target) { reals_[name] = target; }
+  void integer(const std::string& names, int64_t* target, int64_t minimum, const std::string& help,
+               bool show_default = true) {
+    add(names, "N", help, show_default ? std::to_string(*target) : "",
+        [target, minimum](const std::string& option, const std::string& value) {
+          *target = parse_integer(option, value, minimum);
+        });
+  }
+  // A real number > minimum, or >= minimum when `inclusive`.
+  void real(const std::string& names, double* target, double minimum, bool inclusive, const std::string& help) {
+    std::ostringstream shown;
+    shown << *target;
+    add(names, "X", help, shown.str(), [target, minimum, inclusive](const std::string& option, const std::string& value) {
+      *target = parse_real(option, value, minimum, inclusive);
+    });
+  }
+  // An option without a value: present means true.
+  void flag(const std::string& names, bool* target, const std::string& help) {
+    add(names, "", help, "", [target](const std::string&, const std::string&) { *target = true; });
+    options_.back().takes_value = false;
+  }
 
   void parse(int argc, char** argv) const {
-    std::set<std::string> seen;
+    std::set<size_t> seen;
     for (int i = 1; i < argc; ++i) {
       const std::string option = argv[i];
       if (option == "-h" || option == "--help") {
-        std::cout << usage_;
+        std::cout << usage();
         std::exit(0);
       }
-      if (!text_.count(option) && !integers_.count(option) && !reals_.count(option)) {
-        throw UsageError("unknown option '" + option + "'");
+      const auto found = index_.find(option);
+      if (found == index_.end()) throw UsageError("unknown option '" + option + "'");
+      const auto& spec = options_[found->second];
+      if (!seen.insert(found->second).second) throw UsageError(spec.names + " given twice");
+      if (!spec.takes_value) {
+        spec.set(option, "");
+        continue;
       }
-      if (!seen.insert(option).second) throw UsageError(option + " given twice");
       if (i + 1 >= argc) throw UsageError(option + " needs a value");
-      const std::string value = argv[++i];
-      if (auto t = text_.find(option); t != text_.end()) {
-        const auto& choices = t->second.second;
-        if (!choices.empty() && std::find(choices.begin(), choices.end(), value) == choices.end()) {
-          std::string list;
-          for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
-          throw UsageError(option + " expects one of " + list + ", got '" + value + "'");
-        }
-        *t->second.first = value;
-      } else if (auto n = integers_.find(option); n != integers_.end()) {
-        *n->second.first = parse_integer(option, value, n->second.second);
-      } else {
-        *reals_.at(option) = parse_positive(option, value);
-      }
+      spec.set(option, argv[++i]);
     }
   }
 
-  const std::string& usage() const { return usage_; }
+  std::string usage() const {
+    std::ostringstream out;
+    out << "usage: " << synopsis_ << "\n" << description_ << "\n\noptions:\n  -h, --help\n";
+    for (const auto& o : options_) {
+      std::string names;
+      for (size_t start = 0; start <= o.names.size();) {
+        const auto comma = std::min(o.names.find(',', start), o.names.size());
+        names += (names.empty() ? "" : ", ") + o.names.substr(start, comma - start);
+        start = comma + 1;
+      }
+      if (o.takes_value) names += " " + o.metavar;
+      out << "  " << names << "\n        " << o.help;
+      if (!o.shown_default.empty()) out << " (default: " << o.shown_default << ")";
+      out << "\n";
+    }
+    return out.str();
+  }
 
  private:
+  struct Spec {
+    std::string names, metavar, help, shown_default;
+    std::function<void(const std::string&, const std::string&)> set;
+    bool takes_value = true;
+  };
+
+  void add(const std::string& names, std::string metavar, const std::string& help, std::string shown_default,
+           std::function<void(const std::string&, const std::string&)> set) {
+    for (size_t start = 0; start <= names.size();) {
+      const auto comma = std::min(names.find(',', start), names.size());
+      index_[names.substr(start, comma - start)] = options_.size();
+      start = comma + 1;
+    }
+    options_.push_back({names, std::move(metavar), help, std::move(shown_default), std::move(set)});
+  }
+
   static int64_t parse_integer(const std::string& option, const std::string& text, int64_t minimum) {
     size_t used = 0;
     int64_t value = 0;
@@ -82,7 +141,7 @@ class Options {
     return value;
   }
 
-  static double parse_positive(const std::string& option, const std::string& text) {
+  static double parse_real(const std::string& option, const std::string& text, double minimum, bool inclusive) {
     size_t used = 0;
     double value = 0;
     try {
@@ -90,17 +149,39 @@ class Options {
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used == 0 || used != text.size() || !(value > 0)) {
-      throw UsageError(option + " expects a number > 0, got '" + text + "'");
+    if (used == 0 || used != text.size() || !(inclusive ? value >= minimum : value > minimum)) {
+      std::ostringstream bound;
+      bound << (inclusive ? ">= " : "> ") << minimum;
+      throw UsageError(option + " expects a number " + bound.str() + ", got '" + text + "'");
     }
     return value;
   }
 
-  std::string usage_;
-  std::map<std::string, std::pair<std::string*, std::vector<std::string>>> text_;
-  std::map<std::string, std::pair<int64_t*, int64_t>> integers_;
-  std::map<std::string, double*> reals_;
+  std::string synopsis_, description_;
+  std::vector<Spec> options_;
+  std::map<std::string, size_t> index_;
 };
+
+// `torchtl train`'s default run folder: the resumed run's, else runs/<task>_<model>.
+inline std::string default_output_dir(const std::string& task, const std::string& model, const std::string& resume) {
+  if (!resume.empty()) {
+    const auto parent = std::filesystem::path(resume).parent_path().string();
+    return parent.empty() ? "." : parent;
+  }
+  return "runs/" + task + "_" + model;
+}
+
+// A run folder that already holds an earlier run is continued with --resume, never overwritten.
+inline void check_output_dir(const std::string& out, const std::string& resume) {
+  if (!resume.empty()) return;
+  for (const char* file : {"best.pt", "last.pt"}) {
+    std::ifstream earlier(out + "/" + file);
+    if (earlier.good()) {
+      throw UsageError(out + " already holds a run (" + file + "); choose another --output-dir, or continue it with --resume " +
+                       out + "/last.pt");
+    }
+  }
+}
 
 // Runs a program: usage errors exit 2 with the usage text, run-time errors exit 1 with their
 // message alone (a C++ backtrace says nothing to someone who passed a wrong file).

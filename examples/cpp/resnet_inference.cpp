@@ -2,7 +2,7 @@
 // state dict or checkpoint) into torchtl's C++ ResNet and prints each image's top classes.
 //
 //   resnet_inference --weights resnet18_traced.pt
-//   resnet_inference --weights best.pt --arch resnet50 --input batch.pt --topk 3
+//   resnet_inference --weights best.pt --model resnet50 --input batch.pt --topk 3
 //
 // --input is a torch.save'd float tensor, C x H x W or N x C x H x W, already normalised the way
 // the model was trained (torchvision: ImageNet mean/std). Without it a random batch is used,
@@ -10,79 +10,24 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <iterator>
-#include <map>
 #include <string>
 
+#include "cli.h"
 #include "io/weights.h"
 #include "models/resnet.h"
 
+namespace examples = torchtl::examples;
+
 namespace {
 
-const char* const kUsage =
-    "usage: resnet_inference --weights PATH [--arch NAME] [--classes N] [--input TENSOR.pt]\n"
-    "                        [--size PIXELS] [--batch N] [--topk K] [--seed S] [--device cpu|cuda]\n"
-    "  --weights  traced/scripted archive (torch.jit.save) or torch.save'd state dict / checkpoint\n"
-    "  --arch     resnet18 (default), resnet34, resnet50, resnet101, resnet152, resnext*, wide_resnet*\n"
-    "  --classes  number of classes of the head (default: the rows of fc.weight in the weights)\n"
-    "  --input    torch.save'd float tensor, C x H x W or N x C x H x W (default: random)\n"
-    "  --size     side of the random input (default 224); --batch its batch size (default 1)\n"
-    "  --topk     classes printed per image (default 5); --seed for the random input (default 0)\n"
-    "  --device   default: cuda when available, else cpu\n";
-
 struct Args {
-  std::string weights, arch = "resnet18", input, device;
-  int64_t classes = 0, size = 224, batch = 1, topk = 5, seed = 0;
+  std::string weights, model = "resnet18", input, device;
+  int64_t num_classes = 0, size = 224, batch_size = 1, topk = 5, seed = 0;
 };
-
-// Usage problems: reported with the usage text and exit status 2, unlike run-time failures.
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-int64_t parse_int(const std::string& option, const std::string& text, int64_t minimum) {
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size() || value < minimum) {
-    throw UsageError(option + " expects an integer >= " + std::to_string(minimum) + ", got '" + text + "'");
-  }
-  return value;
-}
-
-Args parse(int argc, char** argv) {
-  Args args;
-  std::map<std::string, std::string*> text{{"--weights", &args.weights}, {"--arch", &args.arch},
-                                           {"--input", &args.input},     {"--device", &args.device}};
-  std::map<std::string, int64_t*> numbers{{"--classes", &args.classes}, {"--size", &args.size},
-                                          {"--batch", &args.batch},     {"--topk", &args.topk},
-                                          {"--seed", &args.seed}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string option = argv[i];
-    if (option == "-h" || option == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (!text.count(option) && !numbers.count(option)) throw UsageError("unknown option '" + option + "'");
-    if (i + 1 >= argc) throw UsageError(option + " needs a value");
-    const std::string value = argv[++i];
-    if (text.count(option)) {
-      *text[option] = value;
-    } else {
-      *numbers[option] = parse_int(option, value, option == "--seed" ? 0 : 1);
-    }
-  }
-  if (args.weights.empty()) throw UsageError("--weights is required");
-  return args;
-}
 
 torch::Device pick_device(const std::string& name) {
   if (name.empty()) return torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
@@ -111,26 +56,26 @@ int64_t classes_in(const torchtl::io::StateDict& weights) {
   for (const auto& [name, tensor] : weights) {
     if (name == "fc.weight" && tensor.dim() == 2) return tensor.size(0);
   }
-  TORCH_CHECK_VALUE(false, "the weights have no fc.weight to take the number of classes from; pass --classes");
+  TORCH_CHECK_VALUE(false, "the weights have no fc.weight to take the number of classes from; pass --num-classes");
 }
 
 int run(const Args& args) {
   const auto device = pick_device(args.device);
   const auto weights = torchtl::io::read_weights(args.weights);
-  const int64_t classes = args.classes ? args.classes : classes_in(weights);
+  const int64_t classes = args.num_classes ? args.num_classes : classes_in(weights);
 
-  torchtl::models::ResNet model(torchtl::models::resnet_options(args.arch).num_classes(classes));
+  torchtl::models::ResNet model(torchtl::models::resnet_options(args.model).num_classes(classes));
   torchtl::io::load_state_dict(*model, weights);
   model->to(device);
   model->eval();
 
   torch::manual_seed(static_cast<uint64_t>(args.seed));
-  const auto x = args.input.empty() ? torch::randn({args.batch, 3, args.size, args.size}) : read_input(args.input);
+  const auto x = args.input.empty() ? torch::randn({args.batch_size, 3, args.size, args.size}) : read_input(args.input);
   torch::NoGradGuard no_grad;
   const auto probabilities = torch::softmax(model(x.to(device)), 1).cpu();
   const auto [top, index] = probabilities.topk(std::min(args.topk, classes), 1);
 
-  std::cout << args.arch << " (" << classes << " classes) from " << args.weights << " on " << device << ", input "
+  std::cout << args.model << " (" << classes << " classes) from " << args.weights << " on " << device << ", input "
             << x.sizes() << "\n";
   for (int64_t n = 0; n < top.size(0); ++n) {
     std::cout << "image " << n << ":";
@@ -147,19 +92,22 @@ int run(const Args& args) {
 
 int main(int argc, char** argv) {
   Args args;
-  try {
-    args = parse(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "resnet_inference: " << e.what() << "\n" << kUsage;
-    return 2;
-  }
-  try {
-    return run(args);
-  } catch (const c10::Error& e) {
-    // The message alone: the C++ backtrace says nothing to someone who passed a wrong file.
-    std::cerr << "resnet_inference: error: " << e.what_without_backtrace() << "\n";
-  } catch (const std::exception& e) {
-    std::cerr << "resnet_inference: error: " << e.what() << "\n";
-  }
-  return 1;
+  // The names and defaults of the `torchtl` command (tests/cpp/cli_defaults.py checks them).
+  examples::Options options("resnet_inference --weights PATH [--model NAME] [--input TENSOR.pt] [options]",
+                            "Loads Python-written weights into torchtl's C++ ResNet and prints each image's top classes.");
+  options.text("--weights", &args.weights,
+               "traced/scripted archive (torch.jit.save) or torch.save'd state dict / checkpoint (required)");
+  options.text("--model,--arch", &args.model, "resnet18, resnet34, resnet50, resnet101, resnet152, resnext*, wide_resnet*");
+  options.integer("--num-classes,--classes", &args.num_classes, 1,
+                  "number of classes of the head (default: the rows of fc.weight in the weights)", /*show_default=*/false);
+  options.text("--input", &args.input, "torch.save'd float tensor, C x H x W or N x C x H x W (default: random)");
+  options.integer("--size", &args.size, 16, "side of the random input");
+  options.integer("-b,--batch-size,--batch", &args.batch_size, 1, "batch size of the random input");
+  options.integer("--topk", &args.topk, 1, "classes printed per image (at most all)");
+  options.integer("--seed", &args.seed, 0, "seed of the random input");
+  options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
+  const auto check = [&] {
+    if (args.weights.empty()) throw examples::UsageError("--weights is required");
+  };
+  return examples::main_of("resnet_inference", options, argc, argv, check, [&] { return run(args); });
 }

@@ -4,8 +4,8 @@
 // segmentation model's weights (torchvision's deeplabv3_resnet50 state dict, a traced archive),
 // from an ImageNet ResNet's weights for the backbone only, or from scratch.
 //
-//   segmentation --train seg_train.txt --val seg_val.txt --arch deeplabv3_resnet50 --classes 21
-//   segmentation --train seg_train.txt --val seg_val.txt --weights resnet50.pth --classes 3 --epochs 30
+//   segmentation --train seg_train.txt --val seg_val.txt --model deeplabv3_resnet50 --num-classes 21 --aux-loss
+//   segmentation --train seg_train.txt --val seg_val.txt --weights resnet50.pth --num-classes 3 --epochs 30
 //
 // best.pt is a state dict torchvision opens: deeplabv3_resnet50(num_classes=21, aux_loss=True).
 #include <torch/torch.h>
@@ -29,38 +29,18 @@ namespace models = torchtl::models;
 
 namespace {
 
-const char* const kUsage =
-    "usage: segmentation --train MAP --val MAP [--arch NAME] [--classes N] [--weights PATH] [--aux on|off]\n"
-    "                    [--mode finetune|feature_extractor|scratch] [--epochs N] [--lr LR] [--batch-size N]\n"
-    "                    [--base-size PIXELS] [--crop-size PIXELS] [--workers N] [--seed S] [--device cpu|cuda]\n"
-    "                    [--out DIR]\n"
-    "  --train, --val  map files, one `image<TAB>mask` a line (paths relative to the map file); masks are\n"
-    "                  palette or gray PNGs of class indices, 255 = ignore\n"
-    "  --arch          deeplabv3_resnet50 (default), deeplabv3_resnet101, fcn_resnet50, fcn_resnet101\n"
-    "  --classes       number of classes (default 21, Pascal VOC's)\n"
-    "  --weights       a segmentation model's weights (state dict or traced archive; the heads are replaced\n"
-    "                  when their class count differs), or an ImageNet ResNet's for the backbone alone\n"
-    "  --aux           the auxiliary FCN head on layer3, trained with weight 0.5 (default on)\n"
-    "  --mode          finetune (default) or feature_extractor (only the heads train; needs --weights) or\n"
-    "                  scratch (no --weights)\n"
-    "  --epochs        default 5; --lr default 0.01 (SGD, momentum 0.9, weight decay 1e-4, poly decay);\n"
-    "                  --batch-size default 4 (validation runs one image at a time: sizes differ)\n"
-    "  --base-size     shorter side of the validation images and centre of the training scale jitter (0.5x..2x)\n"
-    "                  (default 520); --crop-size: the training crop (default 480)\n"
-    "  --workers       loader threads (default 2); --seed (default 0)\n"
-    "  --device        default: cuda when available, else cpu\n"
-    "  --out           folder for best.pt (best validation mean IoU) and last.pt; default segmentation_out\n";
-
 struct Args {
-  std::string train, val, weights, arch = "deeplabv3_resnet50", aux = "on", mode = "finetune", device,
-                                   out = "segmentation_out";
-  int64_t classes = 21, epochs = 5, batch_size = 4, base_size = 520, crop_size = 480, workers = 2, seed = 0;
-  double lr = 0.01;
+  std::string train, val, weights, model = "fcn_resnet50", aux, mode, device, out, opt = "sgd", lr_scheduler = "poly",
+                                   resume;
+  int64_t num_classes = 0, epochs = 10, batch_size = 4, base_size = 520, crop_size = 480, workers = 2, seed = 0,
+          lr_warmup_epochs = 0, lr_step_size = 7;
+  double lr = 0.01, momentum = 0.9, weight_decay = 1e-4, lr_gamma = 0.1;
+  bool aux_loss = false;
 };
 
 std::shared_ptr<models::SegmentationModelImpl> build(const Args& args, int64_t classes, bool aux) {
-  const auto split = args.arch.find('_');
-  const auto family = args.arch.substr(0, split), backbone = args.arch.substr(split + 1);
+  const auto split = args.model.find('_');
+  const auto family = args.model.substr(0, split), backbone = args.model.substr(split + 1);
   if (family == "deeplabv3") return models::deeplabv3_resnet(backbone, classes, aux).ptr();
   return models::fcn_resnet(backbone, classes, aux).ptr();
 }
@@ -85,8 +65,8 @@ void replace_last_conv(models::SegmentationModelImpl& model, const std::string& 
 
 std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) {
   if (args.weights.empty()) {
-    std::cout << args.arch << " from random initialisation, " << args.classes << " classes\n";
-    return build(args, args.classes, aux);
+    std::cout << args.model << " from random initialisation, " << args.num_classes << " classes\n";
+    return build(args, args.num_classes, aux);
   }
   auto weights = io::read_weights(args.weights);
   const bool whole_model =
@@ -99,14 +79,14 @@ std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) 
     for (auto& [name, tensor] : weights) {
       if (!starts_with(name, "fc.")) backbone.emplace_back("backbone." + name, tensor);
     }
-    auto model = build(args, args.classes, aux);
+    auto model = build(args, args.num_classes, aux);
     const auto result = io::load_state_dict(*model, backbone, /*strict=*/false);
     for (const auto& key : result.missing_keys) {
       TORCH_CHECK_VALUE(starts_with(key, "classifier.") || starts_with(key, "aux_classifier."), "'", args.weights,
-                        "' lacks backbone weight ", key.substr(9), " of ", args.arch);
+                        "' lacks backbone weight ", key.substr(9), " of ", args.model);
     }
-    std::cout << args.arch << ": backbone from " << args.weights << ", heads from random initialisation, "
-              << args.classes << " classes\n";
+    std::cout << args.model << ": backbone from " << args.weights << ", heads from random initialisation, "
+              << args.num_classes << " classes\n";
     return model;
   }
 
@@ -120,16 +100,16 @@ std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) 
                   weights.end());
   }
   io::load_state_dict(*model, weights);
-  std::cout << args.arch << " from " << args.weights << " (" << weights.size() << " tensors, " << saved_classes
+  std::cout << args.model << " from " << args.weights << " (" << weights.size() << " tensors, " << saved_classes
             << " classes)";
-  if (saved_classes != args.classes) {
-    replace_last_conv(*model, "classifier", args.classes);
-    if (aux && saved_aux) replace_last_conv(*model, "aux_classifier", args.classes);
-    std::cout << "; new last layer of the heads for " << args.classes << " classes";
+  if (saved_classes != args.num_classes) {
+    replace_last_conv(*model, "classifier", args.num_classes);
+    if (aux && saved_aux) replace_last_conv(*model, "aux_classifier", args.num_classes);
+    std::cout << "; new last layer of the heads for " << args.num_classes << " classes";
   }
   if (aux && !saved_aux) {
     // The aux head the weights lack: a model with it, holding everything else as loaded.
-    auto with_aux = build(args, args.classes, true);
+    auto with_aux = build(args, args.num_classes, true);
     const auto result = io::load_state_dict(*with_aux, io::state_dict(*model), /*strict=*/false);
     TORCH_CHECK(result.unexpected_keys.empty(), "internal: unexpected keys moving to a model with an aux head");
     model = with_aux;
@@ -142,7 +122,7 @@ std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) 
 int run(const Args& args) {
   const auto device = engine::resolve_device(args.device);
   torch::manual_seed(static_cast<uint64_t>(args.seed));
-  auto model = load(args, args.aux == "on");
+  auto model = load(args, args.aux_loss);
 
   const auto train_transform = std::make_shared<const data::SegmentationTransform>(
       data::SegmentationTransformOptions().train(true).base_size(args.base_size).crop_size(args.crop_size));
@@ -160,18 +140,25 @@ int run(const Args& args) {
   const auto options = engine::FitOptions()
                            .task("segmentation")
                            .mode(args.mode)
+                           .optimizer(args.opt == "sgd_nesterov" ? "sgd" : args.opt)
+                           .nesterov(args.opt == "sgd_nesterov")
                            .lr(args.lr)
-                           .weight_decay(1e-4)
-                           .lr_schedule("poly")
+                           .momentum(args.momentum)
+                           .weight_decay(args.weight_decay)
+                           .lr_schedule(args.lr_scheduler)
+                           .warmup_epochs(args.lr_warmup_epochs)
+                           .step_size(args.lr_step_size)
+                           .gamma(args.lr_gamma)
                            .aux_weight(0.5)
                            .ignore_index(255)
                            .epochs(args.epochs)
                            .device(device.str())
                            .checkpoint_dir(args.out)
+                           .resume(args.resume)
                            .seed(static_cast<uint64_t>(args.seed));
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "
             << val_set->map_file().entries.size() << " validation images, crop " << args.crop_size << " px, batch "
-            << args.batch_size << ", lr " << args.lr << " (poly), on " << device << "\n"
+            << args.batch_size << ", lr " << args.lr << " (" << args.lr_scheduler << "), on " << device << "\n"
             << std::fixed << std::setprecision(4);
 
   using Clock = std::chrono::steady_clock;
@@ -208,31 +195,65 @@ int run(const Args& args) {
 
 int main(int argc, char** argv) {
   Args args;
-  examples::Options options(kUsage);
-  options.text("--train", &args.train);
-  options.text("--val", &args.val);
-  options.text("--weights", &args.weights);
-  options.text("--arch", &args.arch, {"deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"});
-  options.text("--aux", &args.aux, {"on", "off"});
-  options.text("--mode", &args.mode, {"finetune", "feature_extractor", "scratch"});
-  options.text("--device", &args.device);
-  options.text("--out", &args.out);
-  options.integer("--classes", &args.classes, 1);
-  options.integer("--epochs", &args.epochs, 1);
-  options.integer("--batch-size", &args.batch_size, 1);
-  options.integer("--base-size", &args.base_size, 16);
-  options.integer("--crop-size", &args.crop_size, 16);
-  options.integer("--workers", &args.workers, 0);
-  options.integer("--seed", &args.seed, 0);
-  options.positive("--lr", &args.lr);
+  // The names and defaults of `torchtl train segmentation` (tests/cpp/cli_defaults.py checks them).
+  examples::Options options(
+      "segmentation --train MAP --val MAP --num-classes N [--model NAME] [--weights PATH] [options]",
+      "Trains FCN or DeepLabV3 as torchvision's references/segmentation: SGD, poly decay, aux loss 0.5, 255 ignored.");
+  options.text("--train", &args.train,
+               "training map file, one `image<TAB>mask` a line (paths relative to it); masks are palette or gray "
+               "PNGs of class indices, 255 = ignore");
+  options.text("--val", &args.val, "validation map file, evaluated after every epoch");
+  options.integer("--num-classes,--classes", &args.num_classes, 1, "number of classes, 21 for PASCAL VOC (required)",
+                  /*show_default=*/false);
+  options.text("--model,--arch", &args.model, "model",
+               {"deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"});
+  options.text("--weights", &args.weights,
+               "a segmentation model's weights (state dict or traced archive; the heads are replaced when their "
+               "class count differs), or an ImageNet ResNet's for the backbone alone");
+  options.flag("--aux-loss", &args.aux_loss, "add the auxiliary FCN head on layer3 (loss weight 0.5)");
+  options.text("--aux", &args.aux, "the same as --aux-loss (on) or its absence (off)", {"on", "off"});
+  options.text("--mode", &args.mode,
+               "finetune, feature_extractor (only the heads train; needs --weights) or scratch (no --weights) "
+               "(default: finetune with --weights, else scratch)",
+               {"scratch", "finetune", "feature_extractor"});
+  options.text("--opt,--optimizer", &args.opt, "optimizer", {"sgd", "sgd_nesterov", "adam", "adamw"});
+  options.real("--lr", &args.lr, 0, false, "learning rate");
+  options.real("--momentum", &args.momentum, 0, true, "SGD momentum");
+  options.real("--wd,--weight-decay", &args.weight_decay, 0, true, "weight decay");
+  options.text("--lr-scheduler,--lr-schedule", &args.lr_scheduler, "learning-rate schedule",
+               {"constant", "step", "cosine", "poly"});
+  options.integer("--lr-warmup-epochs", &args.lr_warmup_epochs, 0, "epochs of linear warm-up");
+  options.integer("--lr-step-size", &args.lr_step_size, 1, "--lr-scheduler step: epochs per decay");
+  options.real("--lr-gamma", &args.lr_gamma, 0, false, "--lr-scheduler step: decay factor");
+  options.integer("--base-size", &args.base_size, 16,
+                  "shorter side of the evaluation images; training scales it by 0.5x to 2x");
+  options.integer("--crop-size", &args.crop_size, 16, "training crop");
+  options.integer("--epochs", &args.epochs, 1, "epochs to train");
+  options.integer("-b,--batch-size", &args.batch_size, 1,
+                  "images per training batch (validation runs one image at a time: sizes differ)");
+  options.integer("-j,--workers", &args.workers, 0, "loader threads");
+  options.integer("--seed", &args.seed, 0, "fixes sampling order, augmentation and initialisation");
+  options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
+  options.text("--resume", &args.resume, "last.pt of a run to continue (its folder is the default --output-dir)");
+  options.text("--output-dir,--out", &args.out,
+               "folder for best.pt (best validation mean IoU) and last.pt "
+               "(default: runs/segmentation_<model>; an earlier run there is never overwritten)");
   const auto check = [&] {
     if (args.train.empty() || args.val.empty()) throw examples::UsageError("--train and --val are required");
+    if (args.num_classes == 0) throw examples::UsageError("--num-classes is required (21 for PASCAL VOC)");
+    if (!args.aux.empty()) {
+      if (args.aux_loss && args.aux == "off") throw examples::UsageError("--aux-loss and --aux off contradict");
+      args.aux_loss = args.aux == "on";
+    }
+    if (args.mode.empty()) args.mode = args.weights.empty() ? "scratch" : "finetune";
     if (args.mode == "scratch" && !args.weights.empty()) {
       throw examples::UsageError("--mode scratch starts from random weights; drop --weights or choose finetune");
     }
     if (args.mode == "feature_extractor" && args.weights.empty()) {
       throw examples::UsageError("--mode feature_extractor needs --weights: a random backbone extracts nothing");
     }
+    if (args.out.empty()) args.out = examples::default_output_dir("segmentation", args.model, args.resume);
+    examples::check_output_dir(args.out, args.resume);
   };
   return examples::main_of("segmentation", options, argc, argv, check, [&] { return run(args); });
 }
