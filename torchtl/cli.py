@@ -131,7 +131,7 @@ def cmd_train(args):
         lr_schedule=args.lr_schedule or ("poly" if task == "segmentation" else "cosine"), device=args.device,
         checkpoint_dir=out, seed=args.seed, progress=not args.quiet)
     for e in history["epochs"]:
-        line = f"epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f}"
+        line = f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}"
         if "train_acc" in e:
             line += f", train acc {e['train_acc']:.3f}"
         if "val" in e:
