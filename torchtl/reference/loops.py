@@ -286,7 +286,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             log.epoch_end(record)
             record = None
     except KeyboardInterrupt:
-        history = log.finish(record)
+        log.finish(record)
         message = (f"training interrupted after {epoch - 1} of {epochs} epochs"
                    + (f"; last.pt: {os.path.join(os.fspath(checkpoint_dir), 'last.pt')}" if checkpoint_dir else ""))
         if progress is True:
