@@ -300,9 +300,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     logged = log.history["epochs"]
     last = result["epochs"][-1] if result["epochs"] else None
     partial = last if last is not None and not (logged and logged[-1]["epoch"] == last["epoch"]) else None
+    done = logged[-1]["epoch"] if logged else (resume_epoch or 0)  # before finish() appends the partial one
     history = log.finish(partial if result["interrupted"] else None, interrupted=result["interrupted"])
     if result["keyboard_interrupt"]:
-        done = logged[-1]["epoch"] if logged else (resume_epoch or 0)
         where = (f"; last.pt: {os.path.join(os.fspath(checkpoint_dir), 'last.pt')} (resume= it to continue)"
                  if checkpoint_dir else " (no checkpoint_dir: nothing saved)")
         message = f"training interrupted after {done} of {epochs} epochs{where}"
