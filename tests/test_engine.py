@@ -152,11 +152,11 @@ def test_checkpoints_resume_and_weights_out(cls_map, tmp_path):
     part = copy.deepcopy(base)
     run = tmp_path / "run"
     torchtl.engine.fit(part, loader(cls_map), loader(cls_map, shuffle=False), epochs=1, checkpoint_dir=run, **kwargs)
-    assert sorted(os.listdir(run)) == ["best.pt", "history.json", "last.pt"]
+    assert {"best.pt", "history.json", "last.pt", "metrics.csv"} <= set(os.listdir(run))
     resumed = torchtl.models.resnet18(num_classes=2)  # other initial weights: the checkpoint wins
     h = torchtl.engine.fit(resumed, loader(cls_map), loader(cls_map, shuffle=False), epochs=3, checkpoint_dir=run,
                            resume=run / "last.pt", **kwargs)
-    assert [e["epoch"] for e in h["epochs"]] == [1, 2]
+    assert [e["epoch"] for e in h["epochs"]] == [1, 2, 3]  # the earlier epoch kept, counted from 1
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
@@ -180,8 +180,8 @@ def test_evaluate_and_bad_arguments(cls_map, tmp_path):
         torchtl.engine.fit(m, loader(cls_map, batch_size=64, drop_last=True), device="cpu", progress=False)
     with pytest.raises(ValueError, match="unknown mode"):
         torchtl.engine.fit(m, loader(cls_map), mode="frozen", device="cpu", progress=False)
-    with pytest.raises(TypeError, match="torchtl.data.DataLoader"):
-        torchtl.engine.fit(m, [(torch.zeros(1, 3, 32, 32), torch.zeros(1))], device="cpu", progress=False)
+    with pytest.raises(TypeError, match="torch.utils.data.DataLoader or an iterable"):
+        torchtl.engine.fit(m, 42, device="cpu", progress=False)
 
 
 def test_ctrl_c_stops_between_batches_and_keeps_last_checkpoint(cls_map, tmp_path):
@@ -193,21 +193,24 @@ def test_ctrl_c_stops_between_batches_and_keeps_last_checkpoint(cls_map, tmp_pat
 
     def progress(p):
         # Ctrl-C from another thread, as a terminal delivers it, once two epochs are done.
-        if p["epoch"] >= 2 and not fired:
+        if p["epoch"] >= 3 and not fired:  # epochs count from 1
             fired.append(p["epoch"])
             threading.Timer(0.0, _thread.interrupt_main).start()
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         torchtl.engine.fit(m, loader(cls_map), epochs=50, lr=0.001, device="cpu", checkpoint_dir=tmp_path,
                            progress=progress)
     ckpt = torch.load(tmp_path / "last.pt")
     assert 2 <= ckpt["epoch"] < 50
+    assert f"after {ckpt['epoch']} of 50 epochs" in str(stopped.value)
+    assert str(tmp_path / "last.pt") in str(stopped.value)
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["interrupted"] and len(history["epochs"]) == ckpt["epoch"] + 1
     # The model stays usable and resumable after the interrupt.
     h = torchtl.engine.fit(m, loader(cls_map), epochs=ckpt["epoch"] + 1, lr=0.001, device="cpu",
                            checkpoint_dir=tmp_path, resume=tmp_path / "last.pt", progress=False)
-    assert [e["epoch"] for e in h["epochs"]] == [ckpt["epoch"]]
+    assert [e["epoch"] for e in h["epochs"]] == list(range(1, ckpt["epoch"] + 2))
+    assert not any(e.get("interrupted") for e in h["epochs"])
 
 
 def test_progress_callback_can_stop_and_errors_propagate(cls_map):

@@ -218,7 +218,7 @@ def _check_resumed_config(path, config, mode_given):
 
 def _print_epochs(history, task):
     for e in history["epochs"]:
-        line = f"epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f}"
+        line = f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}"
         if "train_acc" in e:
             line += f", train acc {e['train_acc']:.3f}"
         if "val" in e:

@@ -148,7 +148,7 @@ def _curves(path, rows, metric, metric_label):
     for col, row in enumerate(rows):
         for engine, style, name in (("cpp", "-", "C++ (torchtl.engine)"), ("python", "--", "Python (reference)")):
             epochs = row["history"][engine]["epochs"]
-            x = [e["epoch"] + 1 for e in epochs]
+            x = [e["epoch"] for e in epochs]
             axes[0][col].plot(x, [e["train_loss"] for e in epochs], style, marker="o", label=f"{name} train")
             axes[0][col].plot(x, [e["val"]["loss"] for e in epochs], style, marker="s", label=f"{name} val")
             axes[1][col].plot(x, [e["val"][metric] for e in epochs], style, marker="o", label=name)

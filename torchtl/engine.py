@@ -2,23 +2,45 @@
 
 ``fit`` runs every epoch in C++ (torchtl::engine::fit) with the GIL released: batches come from
 the C++ threads of a ``torchtl.data.DataLoader``, and Python is called back only to draw the
-progress bar. Ctrl-C stops the run between batches; ``last.pt`` then holds the last complete
-epoch and ``resume=`` continues from it. ``torchtl.reference`` holds the same loops in plain
-PyTorch, with the same signatures and return values, for side-by-side comparisons.
+progress bar and, as each epoch ends, to print its line and append it to the logs. Ctrl-C stops
+the run between batches; ``last.pt`` then holds the last complete epoch and ``resume=``
+continues from it, and every log with it. Epochs count from 1, on the screen and in the logs.
+
+What ``fit`` takes beyond torchtl's own pieces:
+
+- any ``torch.utils.data.DataLoader`` or sized iterable of ``(images, targets)``: each batch is
+  fetched from Python under the GIL, then the step runs in C++. Slower than torchtl's loader,
+  whose threads decode without the GIL;
+- an ``nn.Sequential`` of layers torchtl can move into C++ (Conv2d, BatchNorm2d, ReLU,
+  MaxPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Linear) trains wholly in C++ over the module's
+  own tensors; any other ``nn.Module`` keeps its Python forward, which the C++ loop calls under
+  the GIL (loss, backward and optimizer steps stay in C++);
+- a ``torch.optim.SGD``, ``Adam``, ``AdamW`` or ``RMSprop`` instance: its parameter groups and
+  hyperparameters run in LibTorch's optimizer of the same kind (the instance itself is not
+  stepped, and its state stays empty; the C++ optimizer's state is saved in ``last.pt``).
+
+``torchtl.reference`` holds the same loops in plain PyTorch, with the same signatures and
+return values, for side-by-side comparisons.
 """
 from __future__ import annotations
 
-import json
 import os
+import sys
 from typing import Optional
 
 import torch
+from torch import nn
 
-from torchtl import _C
+from torchtl import _C, _runlog
 
 __all__ = ["fit", "evaluate", "default_device"]
 
 _E = _C.engine
+
+# torch.optim classes whose step LibTorch runs the same way, by the kind the C++ engine knows.
+_OPTIMIZER_KINDS = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw",
+                    torch.optim.RMSprop: "rmsprop"}
+_STRING_DEFAULTS = dict(lr=0.01, momentum=0.9, weight_decay=0.0, nesterov=False)
 
 
 def default_device() -> str:
@@ -26,41 +48,112 @@ def default_device() -> str:
 
 
 def _cpp_model(model):
+    """The C++ module fit trains: torchtl's own, a C++ Sequential over the model's tensors, or
+    a C++ module that calls the model's Python forward."""
     cpp = getattr(model, "_cpp", None)
-    if cpp is None:
-        raise TypeError(f"torchtl.engine takes a torchtl model, got {type(model).__name__}; "
-                        "torchtl.reference.fit trains any torch.nn.Module")
-    return cpp
+    if cpp is not None:
+        return cpp
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"torchtl.engine trains a torch.nn.Module, got {type(model).__name__}")
+    hooked = any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                 for m in model.modules())
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward and not hooked:
+        from torchtl._module import to_cpp
+
+        try:
+            return to_cpp(model)
+        except TypeError:
+            pass  # a layer C++ does not have: the Python forward runs instead (so do hooks)
+    return _E.python_module(model)
 
 
-def _cpp_loader(loader, what: str):
+def _source(loader, what: str, need_len: bool):
+    """torchtl's C++ loader, or (iterator factory, batches per epoch, name) for a Python iterable."""
     cpp = getattr(loader, "_cpp", None)
-    if cpp is None:
-        raise TypeError(f"{what} must be a torchtl.data.DataLoader, got {type(loader).__name__}")
-    return cpp
+    if cpp is not None:
+        return cpp
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"{what} must be a torchtl.data.DataLoader, a torch.utils.data.DataLoader or an iterable of "
+                        f"(images, targets), got {type(loader).__name__}")
+    try:
+        n = len(loader)
+    except TypeError:
+        if need_len:
+            raise TypeError(f"{what} ({type(loader).__name__}) has no len(); fit needs the number of batches per "
+                            "epoch for its lr schedule: pass a list or a DataLoader") from None
+        n = 0
+    return (lambda epoch: iter(loader), n, what)
 
 
 def _deterministic(loader) -> bool:
-    transform = getattr(loader.dataset, "transform", None)
-    return transform is None or not transform.train
+    transform = getattr(getattr(loader, "dataset", None), "transform", None)
+    return getattr(loader, "_cpp", None) is not None and (transform is None or not transform.train)
 
 
-def _options(task, mode, optimizer, lr, momentum, weight_decay, nesterov, head_lr, epochs, lr_schedule, step_size,
-             gamma, warmup_epochs, clip_grad_norm, label_smoothing, aux_weight, ignore_index, device, amp,
-             channels_last, cache_features, checkpoint_dir, resume, seed):
-    return dict(task=task, mode=mode, optimizer=optimizer, lr=float(lr), momentum=float(momentum),
-                weight_decay=float(weight_decay), nesterov=bool(nesterov),
-                head_lr=-1.0 if head_lr is None else float(head_lr), epochs=int(epochs), lr_schedule=lr_schedule,
-                step_size=int(step_size), gamma=float(gamma), warmup_epochs=int(warmup_epochs),
-                clip_grad_norm=float(clip_grad_norm or 0.0), label_smoothing=float(label_smoothing),
-                aux_weight=float(aux_weight), ignore_index=int(ignore_index), device=str(device),
-                amp=amp or "off", channels_last=bool(channels_last), cache_features=bool(cache_features),
-                checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
-                resume=os.fspath(resume) if resume else "", seed=int(seed))
+def optimizer_groups(optimizer) -> tuple[str, list[dict]]:
+    """The LibTorch kind and parameter groups of a torch.optim optimizer (fit's ``param_groups``)."""
+    kind = _OPTIMIZER_KINDS.get(type(optimizer))
+    if kind is None:
+        supported = ", ".join(f"torch.optim.{c.__name__}" for c in _OPTIMIZER_KINDS)
+        raise TypeError(f"optimizer must be 'sgd', 'adam', 'adamw' or one of {supported} (their steps run in "
+                        f"LibTorch's optimizer of the same kind), got {type(optimizer).__module__}."
+                        f"{type(optimizer).__qualname__}")
+    if optimizer.state:
+        raise ValueError(f"the {type(optimizer).__name__} has already stepped; fit starts the C++ optimizer from an "
+                         "empty state: pass a fresh optimizer, or resume= a last.pt to continue a run's state")
+    groups = []
+    for i, g in enumerate(optimizer.param_groups):
+        for flag in ("maximize", "capturable", "differentiable", "fused"):
+            if g.get(flag):
+                raise ValueError(f"param group {i} of the {type(optimizer).__name__} sets {flag}=True, which "
+                                 "LibTorch's optimizer does not have")
+        group = dict(params=list(g["params"]), lr=float(g["lr"]), weight_decay=float(g["weight_decay"]))
+        if kind == "sgd":
+            group.update(momentum=float(g["momentum"]), dampening=float(g["dampening"]), nesterov=bool(g["nesterov"]))
+        elif kind in ("adam", "adamw"):
+            if g.get("decoupled_weight_decay"):  # torch.optim.Adam(decoupled_weight_decay=True) is AdamW
+                kind = "adamw"
+            elif kind == "adamw":
+                raise ValueError(f"param group {i} of the AdamW sets decoupled_weight_decay=False")
+            group.update(beta1=float(g["betas"][0]), beta2=float(g["betas"][1]), eps=float(g["eps"]),
+                         amsgrad=bool(g["amsgrad"]))
+        else:
+            group.update(alpha=float(g["alpha"]), eps=float(g["eps"]), momentum=float(g["momentum"]),
+                         centered=bool(g["centered"]))
+        groups.append(group)
+    if kind == "adamw" and any(not g.get("decoupled_weight_decay") for g in optimizer.param_groups):
+        raise ValueError("an Adam whose param groups mix decoupled_weight_decay values has no LibTorch equivalent")
+    return kind, groups
+
+
+def check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses):
+    """The string form's hyperparameters with their defaults, or a clear error where they clash
+    with an optimizer instance (whose param groups carry its own)."""
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if int(max_nonfinite_losses) <= 0:
+        raise ValueError(f"max_nonfinite_losses must be positive, got {max_nonfinite_losses}")
+    given = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if isinstance(optimizer, str):
+        return {k: _STRING_DEFAULTS[k] if v is None else v for k, v in given.items()}
+    clashing = [k for k, v in dict(given, head_lr=head_lr).items() if v is not None]
+    if clashing:
+        raise ValueError(f"{', '.join(clashing)} set the optimizer given by name; a {type(optimizer).__name__} "
+                         "instance carries its own in its param groups")
+    return dict(_STRING_DEFAULTS)
+
+
+def _class_weights(class_weights):
+    if class_weights is None:
+        return None
+    w = torch.as_tensor(class_weights, dtype=torch.float32).detach().cpu()
+    if w.dim() != 1:
+        raise ValueError(f"class_weights must be one weight per class, got shape {tuple(w.shape)}")
+    return w
 
 
 class _Bar:
-    """A tqdm bar per pass, fed by the C++ progress callback."""
+    """A tqdm bar per pass, fed by the C++ progress callback; epoch lines print above it."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -70,13 +163,14 @@ class _Bar:
     def __call__(self, p: dict) -> bool:
         if not self.enabled:
             return True
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         key = (p["training"], p["epoch"])
         if key != self.key:
             self.close()
             what = "train" if p["training"] else "eval"
-            self.bar = tqdm(total=p["num_batches"], desc=f"epoch {p['epoch'] + 1}/{p['epochs']} {what}", leave=False)
+            self.bar = tqdm(total=p["num_batches"] or None, desc=f"epoch {p['epoch']}/{p['epochs']} {what}",
+                            leave=False, dynamic_ncols=True)
             self.key = key
         self.bar.n = p["batch"]
         postfix = {"loss": f"{p['loss']:.4f}"}
@@ -86,91 +180,152 @@ class _Bar:
         self.bar.refresh()
         return True
 
+    def write(self, line: str) -> None:
+        """A lasting line: printed above the bar, which tqdm redraws below it."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
 
+def _resume_epoch(resume) -> int:
+    """The epoch a last.pt was written after, read in Python only for the logs (C++ checks the rest)."""
+    path = os.fspath(resume)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"resume: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"resume: cannot read '{path}' (a truncated or corrupt file, or not one torch.save wrote): "
+                         f"{e}") from e
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in ("model", "optimizer", "epoch")):
+        raise ValueError(f"resume: '{path}' is not a checkpoint written by fit: resume needs the last.pt of a "
+                         "checkpoint_dir; best.pt and other state dicts hold weights only (load those into the model "
+                         "instead)")
+    return int(ckpt["epoch"])
+
+
 def fit(model, train_loader, val_loader=None, *, task: str = "classification", mode: str = "finetune",
-        optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
-        nesterov: bool = False, head_lr: Optional[float] = None, epochs: int = 1, lr_schedule: str = "constant",
-        step_size: int = 7, gamma: float = 0.1, warmup_epochs: int = 0, clip_grad_norm: Optional[float] = None,
-        label_smoothing: float = 0.0, aux_weight: float = 0.5, ignore_index: int = 255,
-        device: Optional[str] = None, amp: Optional[str] = None, channels_last: Optional[bool] = None,
-        cache_features: bool = True, checkpoint_dir=None, resume=None, seed: int = 0,
+        optimizer="sgd", lr: Optional[float] = None, momentum: Optional[float] = None,
+        weight_decay: Optional[float] = None, nesterov: Optional[bool] = None, head_lr: Optional[float] = None,
+        epochs: int = 1, lr_schedule: str = "constant", step_size: int = 7, gamma: float = 0.1,
+        warmup_epochs: int = 0, clip_grad_norm: Optional[float] = None, label_smoothing: float = 0.0,
+        class_weights=None, aux_weight: float = 0.5, ignore_index: int = 255, device: Optional[str] = None,
+        amp: Optional[str] = None, channels_last: Optional[bool] = None, cache_features: bool = True,
+        checkpoint_dir=None, resume=None, tensorboard=None, max_nonfinite_losses: int = 10, seed: int = 0,
         progress=True) -> dict:
     """Trains ``model`` in C++ and returns the history (also written to ``checkpoint_dir/history.json``).
 
+    model: a torchtl model, an ``nn.Sequential`` of layers torchtl moves into C++, or any other
+    ``nn.Module`` (its Python forward is called from the C++ loop; classification only).
+    train_loader/val_loader: a ``torchtl.data.DataLoader`` (fastest), or any ``torch.utils.data.DataLoader``
+    or sized iterable of ``(images, targets)`` (fetched under the GIL).
     mode: ``"scratch"`` or ``"finetune"`` (all layers train, from the weights the model was built with:
     none for scratch, pretrained ones to fine-tune) or
     ``"feature_extractor"`` (only the head trains: ``fc`` for ResNet, ``classifier``/``aux_classifier``
     for segmentation; the rest is frozen, runs in eval mode without grad, and stays frozen).
     With a deterministic train transform, feature_extractor trains the head on features cached
     in epoch 1 (``history["feature_cache"]`` says whether it did).
+    optimizer: ``"sgd"``, ``"adam"``, ``"adamw"`` with ``lr`` (0.01), ``momentum`` (0.9, SGD),
+    ``weight_decay`` (0), ``nesterov`` and ``head_lr``; or a ``torch.optim.SGD``/``Adam``/``AdamW``/
+    ``RMSprop`` over the model's parameters, whose param groups then set all of these.
     lr_schedule: ``"constant"``, ``"step"`` (``gamma`` every ``step_size`` epochs), ``"cosine"`` or
-    ``"poly"`` (per iteration, the segmentation recipe), after ``warmup_epochs`` of linear warm-up.
+    ``"poly"`` (per iteration, the segmentation recipe), after ``warmup_epochs`` of linear warm-up;
+    it scales every param group's lr.
+    class_weights: one loss weight per class (``nn.CrossEntropyLoss(weight=)``).
     amp (``"fp16"``/``"bf16"``) and channels_last apply on CUDA only; both default to off.
-    progress: True for a tqdm bar, False for none, or a callable taking a dict (training, epoch,
-    epochs, batch, num_batches, images, loss, accuracy), called between batches at most every
-    0.2 s; returning False stops the run as Ctrl-C does.
+    checkpoint_dir: ``last.pt`` (each epoch), ``best.pt`` (best finite validation metric of a finite
+    model), ``history.json``, ``metrics.csv`` and, when tensorboard is installed, TensorBoard events in
+    ``tensorboard/``. A new run refuses a checkpoint_dir holding an earlier run's files;
+    ``resume=checkpoint_dir/last.pt`` continues that run and appends to its logs.
+    tensorboard: None (events when tensorboard is installed and there is a checkpoint_dir), False,
+    True (required), or a log dir.
+    max_nonfinite_losses: a NaN or infinite loss skips its step and warns (RuntimeWarning) the first
+    time; the run stops with a RuntimeError at this many.
+    progress: True for tqdm bars and a lasting line per epoch, False for none, or a callable taking a
+    dict (training, epoch (from 1), epochs, batch, num_batches, images, loss, accuracy), called between
+    batches at most every 0.2 s; returning False stops the run as Ctrl-C does.
     """
+    hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
     device = device or default_device()
     if (amp not in (None, "off")) and not str(device).startswith("cuda"):
         raise ValueError(f"amp={amp!r} needs a CUDA device")
-    cpp = _cpp_model(model)
-    train_cpp = _cpp_loader(train_loader, "train_loader")
-    val_cpp = _cpp_loader(val_loader, "val_loader") if val_loader is not None else None
-    cache = bool(cache_features) and mode == "feature_extractor" and _deterministic(train_loader)
-    options = _options(task, mode, optimizer, lr, momentum, weight_decay, nesterov, head_lr, epochs, lr_schedule,
-                       step_size, gamma, warmup_epochs, clip_grad_norm, label_smoothing, aux_weight, ignore_index,
-                       device, amp, channels_last, cache, checkpoint_dir, resume, seed)
+    if resume:
+        resume_epoch = _resume_epoch(resume)
+    else:
+        resume_epoch = None
+        _runlog.check_fresh_dir(checkpoint_dir)
+    if isinstance(optimizer, str):
+        kind, groups = optimizer, []
+    else:
+        kind, groups = optimizer_groups(optimizer)
     model.to(device)  # in Python first, so every mirror follows
+    cpp = _cpp_model(model)
+    train_src = _source(train_loader, "train_loader", need_len=True)
+    val_src = _source(val_loader, "val_loader", need_len=False) if val_loader is not None else None
+    cache = bool(cache_features) and mode == "feature_extractor" and _deterministic(train_loader)
+    options = dict(task=task, mode=mode, optimizer=kind, param_groups=groups, lr=float(hyper["lr"]),
+                   momentum=float(hyper["momentum"]), weight_decay=float(hyper["weight_decay"]),
+                   nesterov=bool(hyper["nesterov"]), head_lr=-1.0 if head_lr is None else float(head_lr),
+                   epochs=int(epochs), lr_schedule=lr_schedule, step_size=int(step_size), gamma=float(gamma),
+                   warmup_epochs=int(warmup_epochs), clip_grad_norm=float(clip_grad_norm or 0.0),
+                   label_smoothing=float(label_smoothing), class_weights=_class_weights(class_weights),
+                   max_nonfinite_losses=int(max_nonfinite_losses), aux_weight=float(aux_weight),
+                   ignore_index=int(ignore_index), device=str(device), amp=amp or "off",
+                   channels_last=bool(channels_last), cache_features=cache,
+                   checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
+                   resume=os.fspath(resume) if resume else "", seed=int(seed))
     bar = progress if callable(progress) else _Bar(bool(progress))
+    log = _runlog.RunLog({"engine": "torchtl", "task": task, "mode": mode, "device": str(device), "feature_cache": False},
+                         epochs=int(epochs), checkpoint_dir=checkpoint_dir, resume_epoch=resume_epoch,
+                         tensorboard=tensorboard, echo=bar.write if isinstance(bar, _Bar) and bar.enabled else None)
     try:
-        result = _E.fit(cpp, train_cpp, val_cpp, options, bar)
+        result = _E.fit(cpp, train_src, val_src, options, bar, log.epoch_end)
+    except BaseException:
+        log.finish()
+        raise
     finally:
         if isinstance(bar, _Bar):
             bar.close()
-        model._tree.invalidate()  # C++ changed train/eval flags; resync on the next forward
-    if hasattr(train_loader, "epoch"):
+        if hasattr(model, "_tree"):
+            model._tree.invalidate()  # C++ changed train/eval flags; resync on the next forward
+    if hasattr(train_loader, "set_epoch"):
         train_loader.set_epoch(len(result["epochs"]))
-    history = {
-        "engine": "torchtl",
-        "task": task,
-        "mode": mode,
-        "device": str(device),
-        "feature_cache": any(e["feature_cache"] for e in result["epochs"]),
-        "best_metric": result["best_metric"],
-        "best_epoch": result["best_epoch"],
-        "interrupted": result["interrupted"],
-        "epochs": [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in e.items() if k != "val"}
-                   | ({"val": _plain(e["val"])} if "val" in e else {}) for e in result["epochs"]],
-    }
-    if checkpoint_dir:
-        with open(os.path.join(os.fspath(checkpoint_dir), "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
+    log.history["feature_cache"] = any(e.get("feature_cache") for e in log.history["epochs"]) or any(
+        e["feature_cache"] for e in result["epochs"])
+    logged = log.history["epochs"]
+    last = result["epochs"][-1] if result["epochs"] else None
+    partial = last if last is not None and not (logged and logged[-1]["epoch"] == last["epoch"]) else None
+    done = logged[-1]["epoch"] if logged else (resume_epoch or 0)  # before finish() appends the partial one
+    history = log.finish(partial if result["interrupted"] else None, interrupted=result["interrupted"])
     if result["keyboard_interrupt"]:
-        raise KeyboardInterrupt("training stopped between batches; last.pt holds the last complete epoch")
+        where = (f"; last.pt: {os.path.join(os.fspath(checkpoint_dir), 'last.pt')} (resume= it to continue)"
+                 if checkpoint_dir else " (no checkpoint_dir: nothing saved)")
+        message = f"training interrupted after {done} of {epochs} epochs{where}"
+        if isinstance(bar, _Bar) and bar.enabled:
+            bar.write(message)
+        raise KeyboardInterrupt(message)
     return history
-
-
-def _plain(metrics: dict) -> dict:
-    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
 
 
 def evaluate(model, loader, *, task: str = "classification", device: Optional[str] = None,
              ignore_index: int = 255, progress: bool = False) -> dict:
     """One evaluation pass in C++: ``{"loss", "acc1", "acc5", "confusion"}`` for classification,
     ``{"loss", "pixel_acc", "miou", "iou", "confusion"}`` for segmentation (torchvision references'
-    confusion-matrix metrics)."""
+    confusion-matrix metrics; ``miou`` averages the classes present in the target or the prediction,
+    ``iou`` is NaN for the others). ``skipped`` counts the samples on_error="skip" dropped."""
     device = device or default_device()
     model.to(device)
     options = dict(task=task, device=str(device), ignore_index=int(ignore_index))
     bar = _Bar(progress)
     try:
-        result = _E.evaluate(_cpp_model(model), _cpp_loader(loader, "loader"), options, bar)
+        result = _E.evaluate(_cpp_model(model), _source(loader, "loader", need_len=False), options, bar)
     finally:
         bar.close()
-        model._tree.invalidate()
+        if hasattr(model, "_tree"):
+            model._tree.invalidate()
     return result

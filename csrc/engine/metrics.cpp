@@ -1,5 +1,7 @@
 #include "engine/metrics.h"
 
+#include <limits>
+
 namespace torchtl::engine {
 
 std::vector<int64_t> topk_correct(const torch::Tensor& logits, const torch::Tensor& target, const std::vector<int64_t>& ks) {
@@ -38,10 +40,13 @@ ConfusionMatrix::Result ConfusionMatrix::compute() const {
   Result r;
   r.pixel_accuracy = (diag.sum() / h.sum()).item<double>();
   auto acc = diag / h.sum(1);
-  auto iou = diag / (h.sum(1) + h.sum(0) - diag);
+  const auto union_ = h.sum(1) + h.sum(0) - diag;
+  auto iou = diag / union_;
   r.class_accuracy.assign(acc.data_ptr<double>(), acc.data_ptr<double>() + num_classes_);
   r.iou.assign(iou.data_ptr<double>(), iou.data_ptr<double>() + num_classes_);
-  r.mean_iou = iou.mean().item<double>();
+  const auto present = union_ > 0;
+  r.mean_iou = present.any().item<bool>() ? iou.masked_select(present).mean().item<double>()
+                                          : std::numeric_limits<double>::quiet_NaN();
   return r;
 }
 

@@ -21,8 +21,11 @@ class ConfusionMatrix {
   struct Result {
     double pixel_accuracy;             // diag.sum() / h.sum()
     std::vector<double> class_accuracy;  // diag / h.sum(1)
-    std::vector<double> iou;           // diag / (h.sum(1) + h.sum(0) - diag)
-    double mean_iou;                   // iou.mean(), NaN if a class never occurs, as the references
+    std::vector<double> iou;           // diag / (h.sum(1) + h.sum(0) - diag); NaN for an absent class
+    // Mean over the classes present in the target or the prediction: a class absent from both
+    // has no IoU, and averaging its NaN in (as the references do) would make the mean NaN.
+    // NaN only when no pixel was counted at all.
+    double mean_iou;
   };
   Result compute() const;
   const torch::Tensor& matrix() const { return matrix_; }  // int64, rows: target, columns: prediction

@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <filesystem>
@@ -77,36 +78,45 @@ std::set<const c10::TensorImpl*> parameters_of(const std::vector<std::shared_ptr
   return out;
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const FitOptions& o, std::vector<torch::Tensor> body,
-                                                         std::vector<torch::Tensor> head, std::vector<double>& base_lrs) {
-  const double head_lr = o.head_lr() >= 0 ? o.head_lr() : o.lr();
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  auto add = [&](std::vector<torch::Tensor> params, double lr, auto options) {
-    if (params.empty()) return;
-    options.lr(lr);
-    groups.emplace_back(std::move(params), std::make_unique<decltype(options)>(options));
-    base_lrs.push_back(lr);
-  };
-  TORCH_CHECK_VALUE(!body.empty() || !head.empty(), "no parameter requires grad: nothing to train");
-  if (o.optimizer() == "sgd") {
-    auto opt = torch::optim::SGDOptions(o.lr()).momentum(o.momentum()).nesterov(o.nesterov()).weight_decay(o.weight_decay());
-    add(std::move(body), o.lr(), opt);
-    add(std::move(head), head_lr, opt);
-    return std::make_unique<torch::optim::SGD>(std::move(groups), opt);
+// The string form of the options as parameter groups: the body at lr, the heads at head_lr.
+std::vector<ParamGroup> named_optimizer_groups(const FitOptions& o, std::vector<torch::Tensor> body,
+                                               std::vector<torch::Tensor> head) {
+  TORCH_CHECK_VALUE(o.optimizer() == "sgd" || o.optimizer() == "adam" || o.optimizer() == "adamw",
+                    "unknown optimizer '", o.optimizer(), "'; choose sgd, adam or adamw (or pass a torch.optim ",
+                    "SGD, Adam, AdamW or RMSprop instance)");
+  ParamGroup g;
+  g.lr = o.lr();
+  g.momentum = o.momentum();
+  g.nesterov = o.nesterov();
+  g.weight_decay = o.weight_decay();
+  std::vector<ParamGroup> groups;
+  g.params = std::move(body);
+  groups.push_back(g);
+  g.params = std::move(head);
+  g.lr = o.head_lr() >= 0 ? o.head_lr() : o.lr();
+  groups.push_back(g);
+  return groups;
+}
+
+// Groups handed over from a torch.optim optimizer hold the model's own tensors: each is found
+// among the trainable parameters by identity. Frozen ones (feature_extractor) are left out.
+std::vector<ParamGroup> given_optimizer_groups(const FitOptions& o, nn::Module& model,
+                                               const std::vector<torch::Tensor>& trainable) {
+  std::set<const c10::TensorImpl*> all, train;
+  for (const auto& p : model.parameters()) all.insert(p.unsafeGetTensorImpl());
+  for (const auto& p : trainable) train.insert(p.unsafeGetTensorImpl());
+  std::vector<ParamGroup> groups;
+  for (size_t g = 0; g < o.param_groups().size(); ++g) {
+    ParamGroup group = o.param_groups()[g];
+    group.params.clear();
+    for (const auto& p : o.param_groups()[g].params) {
+      TORCH_CHECK_VALUE(all.count(p.unsafeGetTensorImpl()), "the optimizer's param group ", g, " holds a tensor of shape ",
+                        p.sizes(), " that is not a parameter of the model being trained");
+      if (train.count(p.unsafeGetTensorImpl())) group.params.push_back(p);
+    }
+    groups.push_back(std::move(group));
   }
-  if (o.optimizer() == "adam") {
-    auto opt = torch::optim::AdamOptions(o.lr()).weight_decay(o.weight_decay());
-    add(std::move(body), o.lr(), opt);
-    add(std::move(head), head_lr, opt);
-    return std::make_unique<torch::optim::Adam>(std::move(groups), opt);
-  }
-  if (o.optimizer() == "adamw") {
-    auto opt = torch::optim::AdamWOptions(o.lr()).weight_decay(o.weight_decay());
-    add(std::move(body), o.lr(), opt);
-    add(std::move(head), head_lr, opt);
-    return std::make_unique<torch::optim::AdamW>(std::move(groups), opt);
-  }
-  TORCH_CHECK_VALUE(false, "unknown optimizer '", o.optimizer(), "'; choose sgd, adam or adamw");
+  return groups;
 }
 
 // Optimizer state by parameter name, so a checkpoint is readable from Python and resumable.
@@ -124,10 +134,17 @@ c10::impl::GenericDict optimizer_state(torch::optim::Optimizer& optimizer, const
       entry.insert("step", adam->step());
       entry.insert("exp_avg", adam->exp_avg().cpu());
       entry.insert("exp_avg_sq", adam->exp_avg_sq().cpu());
+      if (adam->max_exp_avg_sq().defined()) entry.insert("max_exp_avg_sq", adam->max_exp_avg_sq().cpu());
     } else if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(it->second.get())) {
       entry.insert("step", adamw->step());
       entry.insert("exp_avg", adamw->exp_avg().cpu());
       entry.insert("exp_avg_sq", adamw->exp_avg_sq().cpu());
+      if (adamw->max_exp_avg_sq().defined()) entry.insert("max_exp_avg_sq", adamw->max_exp_avg_sq().cpu());
+    } else if (auto* rms = dynamic_cast<torch::optim::RMSpropParamState*>(it->second.get())) {
+      entry.insert("step", rms->step());
+      entry.insert("square_avg", rms->square_avg().cpu());
+      if (rms->momentum_buffer().defined()) entry.insert("momentum_buffer", rms->momentum_buffer().cpu());
+      if (rms->grad_avg().defined()) entry.insert("grad_avg", rms->grad_avg().cpu());
     }
     out.insert(names[i], entry);
   }
@@ -142,6 +159,7 @@ void restore_optimizer_state(torch::optim::Optimizer& optimizer, const std::stri
     if (it == saved.end()) continue;
     auto entry = it->value().toGenericDict();
     auto tensor = [&](const char* key) { return entry.at(key).toTensor().to(params[i].device()); };
+    auto optional = [&](const char* key) { return entry.contains(key) ? tensor(key) : torch::Tensor(); };
     void* key = params[i].unsafeGetTensorImpl();
     if (kind == "sgd") {
       auto s = std::make_unique<torch::optim::SGDParamState>();
@@ -150,10 +168,17 @@ void restore_optimizer_state(torch::optim::Optimizer& optimizer, const std::stri
     } else if (kind == "adam") {
       auto s = std::make_unique<torch::optim::AdamParamState>();
       s->step(entry.at("step").toInt()).exp_avg(tensor("exp_avg")).exp_avg_sq(tensor("exp_avg_sq"));
+      s->max_exp_avg_sq(optional("max_exp_avg_sq"));
       state[key] = std::move(s);
-    } else {
+    } else if (kind == "adamw") {
       auto s = std::make_unique<torch::optim::AdamWParamState>();
       s->step(entry.at("step").toInt()).exp_avg(tensor("exp_avg")).exp_avg_sq(tensor("exp_avg_sq"));
+      s->max_exp_avg_sq(optional("max_exp_avg_sq"));
+      state[key] = std::move(s);
+    } else {
+      auto s = std::make_unique<torch::optim::RMSpropParamState>();
+      s->step(entry.at("step").toInt()).square_avg(tensor("square_avg"));
+      s->momentum_buffer(optional("momentum_buffer")).grad_avg(optional("grad_avg"));
       state[key] = std::move(s);
     }
   }
@@ -164,14 +189,18 @@ torch::Tensor classification_loss(const torch::Tensor& logits, const torch::Tens
   const auto max_label = target.max().item<int64_t>();
   TORCH_CHECK_VALUE(max_label < logits.size(1), "label ", max_label, " in the data, but the model has ", logits.size(1),
                     " classes (num_classes mismatch between model and data)");
-  return F::cross_entropy(logits, target, F::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing()));
+  auto options = F::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing());
+  if (o.class_weights().defined()) options.weight(o.class_weights().to(logits.device()));
+  return F::cross_entropy(logits, target, options);
 }
 
 // The references' criterion: cross entropy on "out" (+ aux_weight x on "aux"), ignoring 255.
 torch::Tensor segmentation_loss(const torch::OrderedDict<std::string, torch::Tensor>& out, const torch::Tensor& target,
                                 const FitOptions& o) {
   auto ce = [&](const torch::Tensor& x) {
-    return F::cross_entropy(x, target, F::CrossEntropyFuncOptions().ignore_index(o.ignore_index()));
+    auto options = F::CrossEntropyFuncOptions().ignore_index(o.ignore_index());
+    if (o.class_weights().defined()) options.weight(o.class_weights().to(x.device()));
+    return F::cross_entropy(x, target, options);
   };
   auto loss = ce(out["out"]);
   if (const auto* aux = out.find("aux")) loss = loss + o.aux_weight() * ce(*aux);
@@ -241,13 +270,40 @@ struct Throttle {
   }
 };
 
+void warn(const WarningFn& warning, Warning kind, const std::string& message) {
+  if (warning) {
+    warning(kind, message);
+  } else {
+    TORCH_WARN(message);
+  }
+}
+
+void warn_skipped(const WarningFn& warning, const std::vector<std::string>& skipped, const std::string& where) {
+  if (skipped.empty()) return;
+  warn(warning, Warning::SkippedSamples,
+       c10::str("skipped ", skipped.size(), " bad sample", skipped.size() == 1 ? "" : "s", " in ", where, "; first: ",
+                skipped.front()));
+}
+
+bool all_finite(const nn::Module& model) {
+  torch::NoGradGuard no_grad;
+  for (const auto& p : model.parameters()) {
+    if (!torch::isfinite(p).all().item<bool>()) return false;
+  }
+  for (const auto& b : model.buffers()) {
+    if (b.is_floating_point() && !torch::isfinite(b).all().item<bool>()) return false;
+  }
+  return true;
+}
+
 // Frozen features by dataset index, with the label: feature_extractor mode computes them once.
 using FeatureCache = std::unordered_map<int64_t, std::pair<torch::Tensor, torch::Tensor>>;
 
 // One pass over `loader`. With `cache` (a ResNet in feature_extractor mode, deterministic data),
 // the frozen features are taken from it when it covers the data set, and stored into it otherwise.
-EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, const FitOptions& o, torch::Device device,
-                          int64_t epoch, const ProgressFn& progress, bool& stopped, FeatureCache* cache = nullptr) {
+EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitOptions& o, torch::Device device,
+                          int64_t epoch, const ProgressFn& progress, const WarningFn& warning, bool& stopped,
+                          FeatureCache* cache = nullptr) {
   torch::NoGradGuard no_grad;
   view.root->eval();
   EvalResult r;
@@ -258,16 +314,18 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
   Throttle throttle;
   bool amp_on = false;
   const auto dtype = amp_dtype(o, device, amp_on);
-  const auto num_batches = static_cast<int64_t>(loader.num_batches());
-  const bool from_cache = cache && view.resnet && cache->size() == loader.dataset_size();
+  const auto num_batches = source.num_batches();
+  const auto* loader = source.loader();
+  if (!loader) cache = nullptr;
+  const bool from_cache = cache && view.resnet && cache->size() == loader->dataset_size();
   // Yields the next (input, target, input_is_features) or nothing at the end.
-  std::unique_ptr<data::LoaderEpoch> stream;
+  std::function<std::optional<data::Batch>()> stream;
   std::vector<std::vector<int64_t>> cached_batches;
   size_t next_cached = 0;
   if (from_cache) {
-    cached_batches = loader.batch_indices(0);
+    cached_batches = loader->batch_indices(0);
   } else {
-    stream = loader.epoch(0);
+    stream = source.epoch(0);
   }
   auto next = [&]() -> std::optional<std::tuple<torch::Tensor, torch::Tensor, bool>> {
     if (from_cache) {
@@ -280,8 +338,13 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
       }
       return std::make_tuple(torch::stack(fs), torch::stack(ls), true);
     }
-    auto batch = stream->next();
+    auto batch = stream();
+    while (batch && batch->fields.empty()) {  // only samples skipped by on_error="skip"
+      r.skipped.insert(r.skipped.end(), batch->skipped.begin(), batch->skipped.end());
+      batch = stream();
+    }
     if (!batch) return std::nullopt;
+    r.skipped.insert(r.skipped.end(), batch->skipped.begin(), batch->skipped.end());
     auto x = batch->fields.at(0).to(device, /*non_blocking=*/true);
     auto y = batch->fields.at(1).to(device, /*non_blocking=*/true);
     if (o.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
@@ -326,8 +389,9 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
       }
     }
   }
-  TORCH_CHECK_VALUE(r.images > 0, "the evaluation loader yielded no batch (empty map file, or drop_last with fewer ",
-                    "samples than batch_size)");
+  warn_skipped(warning, r.skipped, c10::str("evaluation", o.epochs() > 1 || epoch > 0 ? c10::str(" after epoch ", epoch + 1) : ""));
+  TORCH_CHECK_VALUE(r.images > 0, "the evaluation loader yielded no batch (empty map file, drop_last with fewer ",
+                    "samples than batch_size, or every sample skipped)");
   r.loss = loss_sum / r.images;
   r.seconds = seconds_since(start);
   r.confusion = confusion->matrix();
@@ -380,14 +444,46 @@ void write_checkpoint(const std::string& path, nn::Module& model, torch::optim::
   io::save_pickle(ckpt, path);
 }
 
+// A last.pt written by fit(), with the file named in every way reading it can fail.
+c10::impl::GenericDict read_resume_checkpoint(const std::string& path) {
+  c10::IValue value;
+  try {
+    value = io::load_pickle(path);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, "resume: cannot read '", path, "' (a truncated or corrupt file, or not one torch.save ",
+                      "wrote): ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    TORCH_CHECK_VALUE(false, "resume: cannot read '", path, "' (a truncated or corrupt file, or not one torch.save ",
+                      "wrote): ", e.what());
+  }
+  const char* needed[] = {"model", "optimizer", "epoch", "iteration", "best_metric", "best_epoch", "rng_state"};
+  const bool is_dict = value.isGenericDict();
+  for (const char* key : needed) {
+    TORCH_CHECK_VALUE(is_dict && value.toGenericDict().contains(key), "resume: '", path,
+                      "' is not a checkpoint written by fit (it has no '", key, "' entry): resume needs the last.pt ",
+                      "of a checkpoint_dir; best.pt and other state dicts hold weights only (load those into the ",
+                      "model instead)");
+  }
+  return value.toGenericDict();
+}
+
 }  // namespace
 
 FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& train, const data::ThreadedLoader* val,
-              const FitOptions& o, const ProgressFn& progress) {
+              const FitOptions& o, const ProgressFn& progress, const EpochEndFn& epoch_end, const WarningFn& warning) {
+  LoaderSource train_source(train);
+  std::optional<LoaderSource> val_source;
+  if (val) val_source.emplace(*val);
+  return fit(model, train_source, val_source ? &*val_source : nullptr, o, progress, epoch_end, warning);
+}
+
+FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train, const BatchSource* val,
+              const FitOptions& o, const ProgressFn& progress, const EpochEndFn& epoch_end, const WarningFn& warning) {
   ModelView view(model, o.task());
   TORCH_CHECK_VALUE(o.mode() == "scratch" || o.mode() == "finetune" || o.mode() == "feature_extractor", "unknown mode '",
                     o.mode(), "'; choose scratch, finetune or feature_extractor");
   TORCH_CHECK_VALUE(o.epochs() > 0, "epochs must be positive, got ", o.epochs());
+  TORCH_CHECK_VALUE(o.max_nonfinite_losses() > 0, "max_nonfinite_losses must be positive, got ", o.max_nonfinite_losses());
   const auto iters_per_epoch = static_cast<int64_t>(train.num_batches());
   TORCH_CHECK_VALUE(iters_per_epoch > 0, "the training loader yields no batch (empty map file, or drop_last with fewer ",
                     "samples than batch_size)");
@@ -424,14 +520,16 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     params.push_back(item.value());
     (head_params.count(item.value().unsafeGetTensorImpl()) ? head : body).push_back(item.value());
   }
+  auto optimizer = make_optimizer(o.optimizer(), o.param_groups().empty() ? named_optimizer_groups(o, body, head)
+                                                                         : given_optimizer_groups(o, *model, params));
   std::vector<double> base_lrs;
-  auto optimizer = make_optimizer(o, body, head, base_lrs);
+  for (const auto& group : optimizer->param_groups()) base_lrs.push_back(group.options().get_lr());
   GradScaler scaler;
   scaler.init(amp_on && dtype == at::kHalf, device);
 
   RunState state;
   if (!o.resume().empty()) {
-    auto ckpt = io::load_pickle(o.resume()).toGenericDict();
+    auto ckpt = read_resume_checkpoint(o.resume());
     io::StateDict weights;
     for (const auto& e : ckpt.at("model").toGenericDict()) weights.emplace_back(e.key().toStringRef(), e.value().toTensor());
     io::load_state_dict(*model, weights, true);
@@ -449,12 +547,13 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
   if (!o.checkpoint_dir().empty()) std::filesystem::create_directories(o.checkpoint_dir());
 
   // feature_extractor + deterministic data: the frozen features of each sample never change.
-  const bool use_cache = extract && o.cache_features() && view.resnet != nullptr;
+  const bool use_cache = extract && o.cache_features() && view.resnet != nullptr && train.loader() != nullptr;
   FeatureCache cache, val_cache;
 
   FitResult result;
   result.best_metric = state.best_metric;
   result.best_epoch = state.best_epoch;
+  int64_t nonfinite_total = 0;
   for (int64_t epoch = state.epochs_done; epoch < o.epochs(); ++epoch) {
     EpochRecord record;
     record.epoch = epoch;
@@ -467,7 +566,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     double loss_sum = 0.0;
     int64_t correct = 0, batch_index = 0;
     Throttle throttle;
-    const bool from_cache = use_cache && !cache.empty() && static_cast<size_t>(cache.size()) == train.dataset_size();
+    const bool from_cache = use_cache && !cache.empty() && static_cast<size_t>(cache.size()) == train.loader()->dataset_size();
 
     auto train_step = [&](const torch::Tensor& input, const torch::Tensor& target, bool input_is_features) {
       const double factor = schedule.factor(state.iteration);
@@ -508,6 +607,25 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
           loss = classification_loss(logits, target, o);
         }
       }
+      const double value = loss.item<double>();
+      if (!std::isfinite(value)) {
+        // Its gradients would make every weight NaN: the step is skipped, as GradScaler skips one.
+        ++record.nonfinite_losses;
+        ++nonfinite_total;
+        ++state.iteration;
+        record.step_losses.push_back(value);
+        if (nonfinite_total == 1) {
+          warn(warning, Warning::NonFiniteLoss,
+               c10::str("the loss is ", value, " at epoch ", epoch + 1, ", step ", record.step_losses.size(),
+                        ": its optimizer step is skipped; the run stops at max_nonfinite_losses=",
+                        o.max_nonfinite_losses(), " such losses (a smaller lr or clip_grad_norm may help)"));
+        }
+        TORCH_CHECK(nonfinite_total < o.max_nonfinite_losses(), "training stopped: ", nonfinite_total,
+                    " non-finite losses (max_nonfinite_losses=", o.max_nonfinite_losses(), "), the last at epoch ",
+                    epoch + 1, ", step ", record.step_losses.size(),
+                    "; last.pt holds the last complete epoch, best.pt the best finite model");
+        return;
+      }
       scaler.scaled(loss).backward();
       if (scaler.unscale(params)) {
         if (o.clip_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(params, o.clip_grad_norm());
@@ -515,7 +633,6 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
       }
       scaler.update();
       ++state.iteration;
-      const double value = loss.item<double>();
       record.step_losses.push_back(value);
       loss_sum += value * input.size(0);
       record.images += input.size(0);
@@ -534,7 +651,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
 
     if (from_cache) {
       record.used_feature_cache = true;
-      for (const auto& indices : train.batch_indices(static_cast<uint64_t>(epoch))) {
+      for (const auto& indices : train.loader()->batch_indices(static_cast<uint64_t>(epoch))) {
         std::vector<torch::Tensor> fs, ls;
         for (auto i : indices) {
           const auto& entry = cache.at(i);
@@ -547,7 +664,9 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
       }
     } else {
       auto stream = train.epoch(static_cast<uint64_t>(epoch));
-      while (auto batch = stream->next()) {
+      while (auto batch = stream()) {
+        record.skipped.insert(record.skipped.end(), batch->skipped.begin(), batch->skipped.end());
+        if (batch->fields.empty()) continue;  // only samples skipped by on_error="skip"
         auto x = batch->fields.at(0).to(device, true);
         auto y = batch->fields.at(1).to(device, true);
         if (o.channels_last() && device.is_cuda()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
@@ -570,6 +689,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     record.train_loss = record.images ? loss_sum / record.images : 0.0;
     record.train_acc = view.segmentation ? -1.0 : (record.images ? static_cast<double>(correct) / record.images : 0.0);
     record.images_per_second = record.seconds > 0 ? record.images / record.seconds : 0.0;
+    warn_skipped(warning, record.skipped, c10::str("epoch ", epoch + 1, " (training)"));
     if (stop) {
       // An interrupted epoch is not checkpointed: last.pt stays at the last complete one.
       result.interrupted = true;
@@ -578,7 +698,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     }
     if (val) {
       bool stopped = false;
-      record.val = run_evaluation(view, *val, o, device, epoch, progress, stopped, use_cache ? &val_cache : nullptr);
+      record.val = run_evaluation(view, *val, o, device, epoch, progress, warning, stopped, use_cache ? &val_cache : nullptr);
       record.has_val = true;
       if (stopped) {
         result.interrupted = true;
@@ -586,7 +706,9 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
         break;
       }
       const double metric = view.segmentation ? record.val.mean_iou : record.val.acc1;
-      if (state.best_epoch < 0 || metric > state.best_metric) {
+      // Only a finite metric of a finite model can be the best: a NaN neither wins nor blocks later epochs.
+      const bool no_best = state.best_epoch < 0 || !std::isfinite(state.best_metric);
+      if (std::isfinite(metric) && (no_best || metric > state.best_metric) && all_finite(*model)) {
         state.best_metric = metric;
         state.best_epoch = epoch;
         if (!o.checkpoint_dir().empty()) io::save_weights(*model, o.checkpoint_dir() + "/best.pt");
@@ -596,20 +718,32 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     if (!o.checkpoint_dir().empty()) {
       write_checkpoint(o.checkpoint_dir() + "/last.pt", *model, *optimizer, o, state, names, params);
     }
+    record.best_metric = state.best_metric;
+    record.best_epoch = state.best_epoch;
+    const bool keep_going = !epoch_end || epoch_end(record);
     result.epochs.push_back(std::move(record));
+    if (!keep_going) {
+      result.interrupted = epoch + 1 < o.epochs();
+      break;
+    }
   }
   result.best_metric = state.best_metric;
   result.best_epoch = state.best_epoch;
   return result;
 }
 
-EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& loader, const FitOptions& options,
-                    const ProgressFn& progress) {
+EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const BatchSource& loader, const FitOptions& options,
+                    const ProgressFn& progress, const WarningFn& warning) {
   ModelView view(model, options.task());
   const auto device = resolve_device(options.device());
   model->to(device);
   bool stopped = false;
-  return run_evaluation(view, loader, options, device, 0, progress, stopped);
+  return run_evaluation(view, loader, options, device, 0, progress, warning, stopped);
+}
+
+EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& loader, const FitOptions& options,
+                    const ProgressFn& progress, const WarningFn& warning) {
+  return evaluate(model, LoaderSource(loader), options, progress, warning);
 }
 
 }  // namespace torchtl::engine

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "data/loader.h"
+#include "engine/batch_source.h"
+#include "engine/param_groups.h"
 
 namespace torchtl::engine {
 
@@ -18,7 +20,10 @@ struct FitOptions {
   // "scratch" or "finetune" (all layers train, from the weights the model was built with) or
   // "feature_extractor" (only the head trains; the rest runs frozen, in eval mode, without grad).
   TORCH_ARG(std::string, mode) = "finetune";
-  TORCH_ARG(std::string, optimizer) = "sgd";  // "sgd", "adam" or "adamw"
+  TORCH_ARG(std::string, optimizer) = "sgd";  // "sgd", "adam" or "adamw" ("rmsprop" with param_groups)
+  // When not empty, the optimizer's groups as given (a torch.optim optimizer handed over from
+  // Python); lr, head_lr, momentum, nesterov and weight_decay then do not apply.
+  TORCH_ARG(std::vector<ParamGroup>, param_groups) = {};
   TORCH_ARG(double, lr) = 0.01;
   TORCH_ARG(double, head_lr) = -1.0;  // the head's parameter group; negative: lr
   TORCH_ARG(double, momentum) = 0.9;
@@ -31,6 +36,10 @@ struct FitOptions {
   TORCH_ARG(int64_t, warmup_epochs) = 0;
   TORCH_ARG(double, clip_grad_norm) = 0.0;  // 0: off
   TORCH_ARG(double, label_smoothing) = 0.0;
+  TORCH_ARG(torch::Tensor, class_weights) = {};  // the loss's per-class weights; undefined: none
+  // A non-finite loss skips its optimizer step and warns the first time; this many of them in a
+  // run stop it with an error (0: the first one does).
+  TORCH_ARG(int64_t, max_nonfinite_losses) = 10;
   TORCH_ARG(double, aux_weight) = 0.5;
   TORCH_ARG(int64_t, ignore_index) = 255;
   TORCH_ARG(std::string, device) = "";  // empty: CUDA when available, else CPU
@@ -60,6 +69,7 @@ struct EvalResult {
   torch::Tensor confusion;                          // int64, rows: target
   int64_t images = 0;
   double seconds = 0.0;
+  std::vector<std::string> skipped;  // one message per sample dropped by on_error="skip"
 };
 
 struct EpochRecord {
@@ -67,12 +77,24 @@ struct EpochRecord {
   double lr = 0.0;
   double train_loss = 0.0, train_acc = -1.0;
   std::vector<double> step_losses;
+  int64_t nonfinite_losses = 0;  // steps skipped for a NaN or infinite loss
+  std::vector<std::string> skipped;  // one message per training sample dropped by on_error="skip"
   int64_t images = 0;
   double seconds = 0.0, images_per_second = 0.0;
   bool used_feature_cache = false;
   bool has_val = false;
   EvalResult val;
+  // The run's best validation metric (finite) and its epoch after this epoch; -1: none yet.
+  double best_metric = -1.0;
+  int64_t best_epoch = -1;
 };
+
+// Called after each complete epoch, once its checkpoints are written; false stops the run.
+using EpochEndFn = std::function<bool(const EpochRecord&)>;
+
+enum class Warning { SkippedSamples, NonFiniteLoss };
+// Where the loops' warnings go; without one they go to TORCH_WARN.
+using WarningFn = std::function<void(Warning, const std::string&)>;
 
 struct FitResult {
   std::vector<EpochRecord> epochs;
@@ -81,11 +103,17 @@ struct FitResult {
   int64_t best_epoch = -1;
 };
 
+FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource& train, const BatchSource* val,
+              const FitOptions& options, const ProgressFn& progress = nullptr, const EpochEndFn& epoch_end = nullptr,
+              const WarningFn& warning = nullptr);
 FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& train,
-              const data::ThreadedLoader* val, const FitOptions& options, const ProgressFn& progress = nullptr);
+              const data::ThreadedLoader* val, const FitOptions& options, const ProgressFn& progress = nullptr,
+              const EpochEndFn& epoch_end = nullptr, const WarningFn& warning = nullptr);
 
+EvalResult evaluate(const std::shared_ptr<torch::nn::Module>& model, const BatchSource& loader,
+                    const FitOptions& options, const ProgressFn& progress = nullptr, const WarningFn& warning = nullptr);
 EvalResult evaluate(const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& loader,
-                    const FitOptions& options, const ProgressFn& progress = nullptr);
+                    const FitOptions& options, const ProgressFn& progress = nullptr, const WarningFn& warning = nullptr);
 
 torch::Device resolve_device(const std::string& device);
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+import warnings
 from collections import OrderedDict
 from typing import Optional
 
@@ -57,18 +57,20 @@ def _segmentation_heads(model, features, size):
     return out
 
 
-def _segmentation_loss(out, target, aux_weight, ignore_index):
-    loss = F.cross_entropy(out["out"], target, ignore_index=ignore_index)
+def _segmentation_loss(out, target, aux_weight, ignore_index, weight=None):
+    w = None if weight is None else weight.to(target.device)
+    loss = F.cross_entropy(out["out"], target, weight=w, ignore_index=ignore_index)
     if "aux" in out:
-        loss = loss + aux_weight * F.cross_entropy(out["aux"], target, ignore_index=ignore_index)
+        loss = loss + aux_weight * F.cross_entropy(out["aux"], target, weight=w, ignore_index=ignore_index)
     return loss
 
 
-def _classification_loss(logits, target, label_smoothing):
+def _classification_loss(logits, target, label_smoothing, weight=None):
     if int(target.max()) >= logits.shape[1]:
         raise ValueError(f"label {int(target.max())} in the data, but the model has {logits.shape[1]} classes "
                          "(num_classes mismatch between model and data)")
-    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    w = None if weight is None else weight.to(logits.device)
+    return F.cross_entropy(logits, target, weight=w, label_smoothing=label_smoothing)
 
 
 def _confusion(target, prediction, n):
@@ -94,7 +96,7 @@ def _make_optimizer(name, groups, lr, momentum, nesterov, weight_decay):
 
 
 def evaluate(model, loader, *, task: str = "classification", device: Optional[str] = None, ignore_index: int = 255,
-             progress: bool = False, _epoch: int = 0) -> dict:
+             progress: bool = False, class_weights=None) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     segmentation = task == "segmentation"
@@ -105,11 +107,11 @@ def evaluate(model, loader, *, task: str = "classification", device: Optional[st
             x, y = x.to(device), y.to(device)
             if segmentation:
                 out = model(x)
-                loss = _segmentation_loss(out, y, 0.5, ignore_index)
+                loss = _segmentation_loss(out, y, 0.5, ignore_index, class_weights)
                 pred, n = out["out"].argmax(1), out["out"].shape[1]
             else:
                 logits = model(x)
-                loss = _classification_loss(logits, y, 0.0)
+                loss = _classification_loss(logits, y, 0.0, class_weights)
                 top = logits.topk(min(5, logits.shape[1]), 1).indices
                 hit = top.eq(y.view(-1, 1))
                 correct1 += int(hit[:, :1].sum())
@@ -124,26 +126,48 @@ def evaluate(model, loader, *, task: str = "classification", device: Optional[st
     result = {"loss": loss_sum / images}
     if segmentation:
         h = confusion.double()
-        iu = h.diag() / (h.sum(1) + h.sum(0) - h.diag())
-        result.update(pixel_acc=float(h.diag().sum() / h.sum()), miou=float(iu.mean()), iou=iu.tolist())
+        union = h.sum(1) + h.sum(0) - h.diag()
+        iu = h.diag() / union
+        # Over the classes present in the target or the prediction (torchtl::engine::ConfusionMatrix).
+        miou = float(iu[union > 0].mean()) if bool((union > 0).any()) else math.nan
+        result.update(pixel_acc=float(h.diag().sum() / h.sum()), miou=miou, iou=iu.tolist())
     else:
         result.update(acc1=correct1 / images, acc5=correct5 / images)
     result.update(confusion=confusion, images=images, seconds=time.perf_counter() - start)
     return result
 
 
+def _finite(model) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in list(model.parameters()) + list(model.buffers())
+               if t.is_floating_point())
+
+
 def fit(model, train_loader, val_loader=None, *, task: str = "classification", mode: str = "finetune",
-        optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
-        nesterov: bool = False, head_lr: Optional[float] = None, epochs: int = 1, lr_schedule: str = "constant",
-        step_size: int = 7, gamma: float = 0.1, warmup_epochs: int = 0, clip_grad_norm: Optional[float] = None,
-        label_smoothing: float = 0.0, aux_weight: float = 0.5, ignore_index: int = 255,
-        device: Optional[str] = None, amp: Optional[str] = None, channels_last: Optional[bool] = None,
-        cache_features: bool = False, checkpoint_dir=None, resume=None, seed: int = 0, progress: bool = True) -> dict:
-    """torchtl.engine.fit in plain PyTorch (no feature cache, no resume: the twin is the baseline)."""
+        optimizer="sgd", lr: Optional[float] = None, momentum: Optional[float] = None,
+        weight_decay: Optional[float] = None, nesterov: Optional[bool] = None, head_lr: Optional[float] = None,
+        epochs: int = 1, lr_schedule: str = "constant", step_size: int = 7, gamma: float = 0.1,
+        warmup_epochs: int = 0, clip_grad_norm: Optional[float] = None, label_smoothing: float = 0.0,
+        class_weights=None, aux_weight: float = 0.5, ignore_index: int = 255, device: Optional[str] = None,
+        amp: Optional[str] = None, channels_last: Optional[bool] = None, cache_features: bool = False,
+        checkpoint_dir=None, resume=None, tensorboard=None, max_nonfinite_losses: int = 10, seed: int = 0,
+        progress=True) -> dict:
+    """torchtl.engine.fit in plain PyTorch (no feature cache, no resume: the twin is the baseline).
+
+    The same epoch lines, logs (history.json, metrics.csv, TensorBoard), non-finite loss handling
+    and best.pt rule as the C++ loop; a torch.optim optimizer instance is stepped as it is.
+    """
+    from torchtl import _runlog
+    from torchtl.engine import _Bar, _class_weights, check_run_arguments
+
+    if resume:
+        raise ValueError("torchtl.reference.fit does not resume; torchtl.engine.fit does")
     if mode not in ("scratch", "finetune", "feature_extractor"):
         raise ValueError(f"unknown mode '{mode}'; choose scratch, finetune or feature_extractor")
+    hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
+    _runlog.check_fresh_dir(checkpoint_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     segmentation = task == "segmentation"
+    weight = _class_weights(class_weights)
     torch.manual_seed(seed)
     extract = mode == "feature_extractor"
     heads = _heads(model, segmentation)
@@ -158,84 +182,117 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     head = [p for p in params if id(p) in head_ids]
     if not params:
         raise ValueError("no parameter requires grad: nothing to train")
-    groups, base_lrs = [], []
-    for group, group_lr in ((body, lr), (head, lr if head_lr is None else head_lr)):
-        if group:
-            groups.append({"params": group, "lr": group_lr})
-            base_lrs.append(group_lr)
-    opt = _make_optimizer(optimizer, groups, lr, momentum, nesterov, weight_decay)
+    if isinstance(optimizer, str):
+        groups, base_lrs = [], []
+        for group, group_lr in ((body, hyper["lr"]), (head, hyper["lr"] if head_lr is None else head_lr)):
+            if group:
+                groups.append({"params": group, "lr": group_lr})
+                base_lrs.append(group_lr)
+        opt = _make_optimizer(optimizer, groups, hyper["lr"], hyper["momentum"], hyper["nesterov"],
+                              hyper["weight_decay"])
+    else:
+        from torchtl.engine import optimizer_groups
+
+        optimizer_groups(optimizer)  # the same checks as the C++ engine's
+        opt = optimizer
+        base_lrs = [float(g["lr"]) for g in opt.param_groups]
     iters = len(train_loader)
     if iters == 0:
         raise ValueError("the training loader yields no batch")
     lr_factor(0, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters)  # validates the name
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
-    history = {"engine": "python", "task": task, "mode": mode, "device": str(device), "feature_cache": False,
-               "best_metric": -1.0, "best_epoch": -1, "interrupted": False, "epochs": []}
-    it = 0
-    for epoch in range(epochs):
-        model.train()
-        if extract:
-            model.eval()
-            for h in heads:
-                h.train()
-        record = {"epoch": epoch, "step_losses": [], "feature_cache": False}
-        loss_sum, images, correct = 0.0, 0, 0
-        start = time.perf_counter()
-        for x, y in _batches(train_loader, epoch):
-            x, y = x.to(device), y.to(device)
-            factor = lr_factor(it, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters, step_size=step_size,
-                               gamma=gamma, warmup_epochs=warmup_epochs)
-            for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = base * factor
-            record["lr"] = base_lrs[0] * factor
-            opt.zero_grad()
-            if segmentation:
-                if extract:
-                    with torch.no_grad():
-                        features = model.backbone(x)
-                    out = _segmentation_heads(model, features, x.shape[-2:])
+    bar = _Bar(progress is True)
+    log = _runlog.RunLog({"engine": "python", "task": task, "mode": mode, "device": str(device), "feature_cache": False},
+                         epochs=epochs, checkpoint_dir=checkpoint_dir, tensorboard=tensorboard,
+                         echo=bar.write if progress is True else None)
+    best_metric, best_epoch, nonfinite, it = None, None, 0, 0
+    record = None
+    try:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            if extract:
+                model.eval()
+                for h in heads:
+                    h.train()
+            record = {"epoch": epoch, "step_losses": [], "nonfinite_losses": 0, "feature_cache": False}
+            loss_sum, images, correct = 0.0, 0, 0
+            start = time.perf_counter()
+            for x, y in _batches(train_loader, epoch - 1):
+                x, y = x.to(device), y.to(device)
+                factor = lr_factor(it, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters, step_size=step_size,
+                                   gamma=gamma, warmup_epochs=warmup_epochs)
+                for g, base in zip(opt.param_groups, base_lrs):
+                    g["lr"] = base * factor
+                record["lr"] = base_lrs[0] * factor
+                opt.zero_grad()
+                if segmentation:
+                    if extract:
+                        with torch.no_grad():
+                            features = model.backbone(x)
+                        out = _segmentation_heads(model, features, x.shape[-2:])
+                    else:
+                        out = model(x)
+                    loss = _segmentation_loss(out, y, aux_weight, ignore_index, weight)
+                    logits = None
                 else:
-                    out = model(x)
-                loss = _segmentation_loss(out, y, aux_weight, ignore_index)
-                logits = None
-            else:
-                if extract:
-                    with torch.no_grad():
-                        features = _resnet_features(model, x)
-                    logits = model.fc(features)
-                else:
-                    logits = model(x)
-                loss = _classification_loss(logits, y, label_smoothing)
-            loss.backward()
-            if clip_grad_norm:
-                nn.utils.clip_grad_norm_(params, clip_grad_norm)
-            opt.step()
-            it += 1
-            value = loss.detach().item()
-            record["step_losses"].append(value)
-            loss_sum += value * x.shape[0]
-            images += x.shape[0]
-            if logits is not None:
-                correct += int((logits.argmax(1) == y).sum())
-        seconds = time.perf_counter() - start
-        record.update(train_loss=loss_sum / max(images, 1), images=images, seconds=seconds,
-                      images_per_second=images / seconds if seconds > 0 else 0.0)
-        if not segmentation:
-            record["train_acc"] = correct / max(images, 1)
-        if val_loader is not None:
-            val = evaluate(model, val_loader, task=task, device=device, ignore_index=ignore_index)
-            record["val"] = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in val.items()}
-            metric = val["miou"] if segmentation else val["acc1"]
-            if history["best_epoch"] < 0 or metric > history["best_metric"]:
-                history["best_metric"], history["best_epoch"] = metric, epoch
-                if checkpoint_dir:
-                    torch.save(dict(model.state_dict()), os.path.join(checkpoint_dir, "best.pt"))
-        if checkpoint_dir:
-            torch.save({"model": dict(model.state_dict()), "epoch": epoch + 1},
-                       os.path.join(checkpoint_dir, "last.pt"))
-        history["epochs"].append(record)
-    if checkpoint_dir:
-        with open(os.path.join(os.fspath(checkpoint_dir), "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
-    return history
+                    if extract:
+                        with torch.no_grad():
+                            features = _resnet_features(model, x)
+                        logits = model.fc(features)
+                    else:
+                        logits = model(x)
+                    loss = _classification_loss(logits, y, label_smoothing, weight)
+                value = loss.detach().item()
+                it += 1
+                record["step_losses"].append(value)
+                if not math.isfinite(value):  # the step is skipped, as in torchtl::engine::fit
+                    nonfinite += 1
+                    record["nonfinite_losses"] += 1
+                    if nonfinite == 1:
+                        warnings.warn(f"the loss is {value} at epoch {epoch}, step {len(record['step_losses'])}: its "
+                                      f"optimizer step is skipped; the run stops at max_nonfinite_losses="
+                                      f"{max_nonfinite_losses} such losses", RuntimeWarning, stacklevel=2)
+                    if nonfinite >= max_nonfinite_losses:
+                        raise RuntimeError(f"training stopped: {nonfinite} non-finite losses (max_nonfinite_losses="
+                                           f"{max_nonfinite_losses})")
+                    continue
+                loss.backward()
+                if clip_grad_norm:
+                    nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                opt.step()
+                loss_sum += value * x.shape[0]
+                images += x.shape[0]
+                if logits is not None:
+                    correct += int((logits.argmax(1) == y).sum())
+            seconds = time.perf_counter() - start
+            record.update(train_loss=loss_sum / max(images, 1), images=images, seconds=seconds,
+                          images_per_second=images / seconds if seconds > 0 else 0.0)
+            if not segmentation:
+                record["train_acc"] = correct / max(images, 1)
+            if val_loader is not None:
+                val = evaluate(model, val_loader, task=task, device=device, ignore_index=ignore_index,
+                               class_weights=weight)
+                record["val"] = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in val.items()}
+                metric = val["miou"] if segmentation else val["acc1"]
+                if math.isfinite(metric) and (best_metric is None or metric > best_metric) and _finite(model):
+                    best_metric, best_epoch = metric, epoch
+                    if checkpoint_dir:
+                        torch.save(dict(model.state_dict()), os.path.join(checkpoint_dir, "best.pt"))
+            if checkpoint_dir:
+                torch.save({"model": dict(model.state_dict()), "epoch": epoch},
+                           os.path.join(checkpoint_dir, "last.pt"))
+            record.update(best_metric=best_metric, best_epoch=best_epoch)
+            log.epoch_end(record)
+            record = None
+    except KeyboardInterrupt:
+        log.finish(record)
+        message = (f"training interrupted after {epoch - 1} of {epochs} epochs"
+                   + (f"; last.pt: {os.path.join(os.fspath(checkpoint_dir), 'last.pt')}" if checkpoint_dir else ""))
+        if progress is True:
+            bar.write(message)
+        raise KeyboardInterrupt(message) from None
+    except BaseException:
+        log.finish()
+        raise
+    return log.finish()
