@@ -5,7 +5,8 @@ import torchvision  # noqa: F401  (registers torchvision's image ops for the C++
 from torchtl import _C  # noqa: F401
 from torchtl import data, engine, models, reference, segmentation
 from torchtl.weights import WeightsMismatchError, export_traced, load_weights
+from torchtl.fast_path import cpu_supports_bf16, exact_mode, is_exact_mode, set_exact_mode
 
 __version__ = "0.1.0"
 __all__ = ["data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
-           "WeightsMismatchError"]
+           "WeightsMismatchError", "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"]

@@ -54,7 +54,8 @@ def _options(task, mode, optimizer, lr, momentum, weight_decay, nesterov, head_l
                 step_size=int(step_size), gamma=float(gamma), warmup_epochs=int(warmup_epochs),
                 clip_grad_norm=float(clip_grad_norm or 0.0), label_smoothing=float(label_smoothing),
                 aux_weight=float(aux_weight), ignore_index=int(ignore_index), device=str(device),
-                amp=amp or "off", channels_last=bool(channels_last), cache_features=bool(cache_features),
+                amp=amp or "off", channels_last=True if channels_last is None else bool(channels_last),
+                cache_features=bool(cache_features),
                 checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
                 resume=os.fspath(resume) if resume else "", seed=int(seed))
 
@@ -110,14 +111,15 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     in epoch 1 (``history["feature_cache"]`` says whether it did).
     lr_schedule: ``"constant"``, ``"step"`` (``gamma`` every ``step_size`` epochs), ``"cosine"`` or
     ``"poly"`` (per iteration, the segmentation recipe), after ``warmup_epochs`` of linear warm-up.
-    amp (``"fp16"``/``"bf16"``) and channels_last apply on CUDA only; both default to off.
+    amp: ``"bf16"`` autocasts the forward passes on the CPU (on CPUs with AVX-512 BF16 or AMX; others
+    raise) and CUDA, ``"fp16"`` on CUDA (with gradient scaling); default off (fp32).
+    channels_last (default True): the fast path of ``torchtl.fast_path`` (weights and batches in
+    channels_last during the run, batch norm folded for evaluation); False runs in exact mode.
     progress: True for a tqdm bar, False for none, or a callable taking a dict (training, epoch,
     epochs, batch, num_batches, images, loss, accuracy), called between batches at most every
     0.2 s; returning False stops the run as Ctrl-C does.
     """
     device = device or default_device()
-    if (amp not in (None, "off")) and not str(device).startswith("cuda"):
-        raise ValueError(f"amp={amp!r} needs a CUDA device")
     cpp = _cpp_model(model)
     train_cpp = _cpp_loader(train_loader, "train_loader")
     val_cpp = _cpp_loader(val_loader, "val_loader") if val_loader is not None else None
@@ -160,13 +162,15 @@ def _plain(metrics: dict) -> dict:
 
 
 def evaluate(model, loader, *, task: str = "classification", device: Optional[str] = None,
-             ignore_index: int = 255, progress: bool = False) -> dict:
+             ignore_index: int = 255, amp: Optional[str] = None, channels_last: Optional[bool] = None,
+             progress: bool = False) -> dict:
     """One evaluation pass in C++: ``{"loss", "acc1", "acc5", "confusion"}`` for classification,
     ``{"loss", "pixel_acc", "miou", "iou", "confusion"}`` for segmentation (torchvision references'
-    confusion-matrix metrics)."""
+    confusion-matrix metrics). ``amp`` and ``channels_last`` as in ``fit``."""
     device = device or default_device()
     model.to(device)
-    options = dict(task=task, device=str(device), ignore_index=int(ignore_index))
+    options = dict(task=task, device=str(device), ignore_index=int(ignore_index), amp=amp or "off",
+                   channels_last=True if channels_last is None else bool(channels_last))
     bar = _Bar(progress)
     try:
         result = _E.evaluate(_cpp_model(model), _cpp_loader(loader, "loader"), options, bar)

@@ -1,6 +1,5 @@
 #include "engine/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
@@ -10,9 +9,11 @@
 #include <set>
 #include <unordered_map>
 
+#include "engine/amp.h"
 #include "engine/metrics.h"
 #include "engine/schedule.h"
 #include "io/weights.h"
+#include "models/fast_path.h"
 #include "models/module_tree.h"
 #include "models/resnet.h"
 #include "models/segmentation.h"
@@ -178,23 +179,6 @@ torch::Tensor segmentation_loss(const torch::OrderedDict<std::string, torch::Ten
   return loss;
 }
 
-// Autocast for the forward pass on CUDA (fp16 or bf16); a no-op elsewhere.
-struct AutocastScope {
-  bool enabled;
-  AutocastScope(bool on, at::ScalarType dtype) : enabled(on) {
-    if (enabled) {
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, dtype);
-    }
-  }
-  ~AutocastScope() {
-    if (enabled) {
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-      at::autocast::clear_cache();
-    }
-  }
-};
-
 // torch.amp.GradScaler's algorithm on ATen's own kernels (the C++ frontend has no GradScaler).
 struct GradScaler {
   bool enabled = false;
@@ -223,14 +207,6 @@ struct GradScaler {
   }
 };
 
-at::ScalarType amp_dtype(const FitOptions& o, torch::Device device, bool& enabled) {
-  enabled = o.amp() != "off";
-  TORCH_CHECK_VALUE(o.amp() == "off" || o.amp() == "fp16" || o.amp() == "bf16", "amp must be off, fp16 or bf16, got '",
-                    o.amp(), "'");
-  TORCH_CHECK_VALUE(!enabled || device.is_cuda(), "amp='", o.amp(), "' needs a CUDA device");
-  return o.amp() == "bf16" ? at::kBFloat16 : at::kHalf;
-}
-
 struct Throttle {
   Clock::time_point last = Clock::now() - std::chrono::seconds(1);
   bool due(bool last_batch) {
@@ -256,8 +232,7 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
   double loss_sum = 0.0;
   int64_t correct1 = 0, correct5 = 0, batch_index = 0;
   Throttle throttle;
-  bool amp_on = false;
-  const auto dtype = amp_dtype(o, device, amp_on);
+  const auto dtype = amp_dtype(o.amp(), device);
   const auto num_batches = static_cast<int64_t>(loader.num_batches());
   const bool from_cache = cache && view.resnet && cache->size() == loader.dataset_size();
   // Yields the next (input, target, input_is_features) or nothing at the end.
@@ -284,7 +259,7 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
     if (!batch) return std::nullopt;
     auto x = batch->fields.at(0).to(device, /*non_blocking=*/true);
     auto y = batch->fields.at(1).to(device, /*non_blocking=*/true);
-    if (o.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+    x = models::to_fast_layout(x);
     if (cache && view.resnet) {
       auto features = view.resnet->forward_features(x);
       for (size_t k = 0; k < batch->indices.size(); ++k) (*cache)[batch->indices[k]] = {features[k], y[k]};
@@ -297,7 +272,7 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
     const int64_t n = x.size(0);
     torch::Tensor prediction, loss;
     {
-      AutocastScope autocast(amp_on, dtype);
+      AutocastScope autocast(dtype, device);
       if (view.segmentation) {
         auto out = view.segmentation->forward(x);
         loss = segmentation_loss(out, y, o);
@@ -384,6 +359,7 @@ void write_checkpoint(const std::string& path, nn::Module& model, torch::optim::
 
 FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& train, const data::ThreadedLoader* val,
               const FitOptions& o, const ProgressFn& progress) {
+  models::ExactModeGuard exact(models::exact_mode() || !o.channels_last());
   ModelView view(model, o.task());
   TORCH_CHECK_VALUE(o.mode() == "scratch" || o.mode() == "finetune" || o.mode() == "feature_extractor", "unknown mode '",
                     o.mode(), "'; choose scratch, finetune or feature_extractor");
@@ -392,8 +368,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
   TORCH_CHECK_VALUE(iters_per_epoch > 0, "the training loader yields no batch (empty map file, or drop_last with fewer ",
                     "samples than batch_size)");
   const auto device = resolve_device(o.device());
-  bool amp_on = false;
-  const auto dtype = amp_dtype(o, device, amp_on);
+  const auto dtype = amp_dtype(o.amp(), device);
   LRSchedule schedule(ScheduleOptions{o.lr_schedule(), o.epochs(), iters_per_epoch, o.step_size(), o.gamma(), 0.9,
                                       o.warmup_epochs(), 0.01});
 
@@ -410,11 +385,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     }
   }
   model->to(device);
-  if (o.channels_last() && device.is_cuda()) {
-    for (auto& p : model->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-  }
+  models::ChannelsLastParameters channels_last(*model);
 
   std::vector<std::string> names;
   std::vector<torch::Tensor> params, body, head;
@@ -427,7 +398,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
   std::vector<double> base_lrs;
   auto optimizer = make_optimizer(o, body, head, base_lrs);
   GradScaler scaler;
-  scaler.init(amp_on && dtype == at::kHalf, device);
+  scaler.init(dtype == at::kHalf, device);
 
   RunState state;
   if (!o.resume().empty()) {
@@ -478,7 +449,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
       optimizer->zero_grad();
       torch::Tensor loss, logits;
       {
-        AutocastScope autocast(amp_on, dtype);
+        AutocastScope autocast(dtype, device);
         if (view.segmentation) {
           torch::OrderedDict<std::string, torch::Tensor> out;
           if (extract) {
@@ -550,7 +521,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
       while (auto batch = stream->next()) {
         auto x = batch->fields.at(0).to(device, true);
         auto y = batch->fields.at(1).to(device, true);
-        if (o.channels_last() && device.is_cuda()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+        x = models::to_fast_layout(x);
         if (use_cache) {
           torch::Tensor features;
           {
@@ -605,6 +576,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
 
 EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& loader, const FitOptions& options,
                     const ProgressFn& progress) {
+  models::ExactModeGuard exact(models::exact_mode() || !options.channels_last());
   ModelView view(model, options.task());
   const auto device = resolve_device(options.device());
   model->to(device);

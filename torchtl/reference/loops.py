@@ -93,23 +93,51 @@ def _make_optimizer(name, groups, lr, momentum, nesterov, weight_decay):
     raise ValueError(f"unknown optimizer '{name}'; choose sgd, adam or adamw")
 
 
+def _amp_dtype(amp, device):
+    """torchtl::engine::amp_dtype: the autocast dtype for ``amp`` on ``device``, None for off."""
+    if amp in (None, "off"):
+        return None
+    if amp not in ("fp16", "bf16"):
+        raise ValueError(f"amp must be off, fp16 or bf16, got '{amp}'")
+    if torch.device(device).type == "cpu":
+        if amp == "fp16":
+            raise ValueError("amp='fp16' needs a CUDA device; on the CPU use amp='bf16'")
+        from torchtl.fast_path import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            raise ValueError("amp='bf16' on the CPU needs AVX-512 BF16 or AMX, which this CPU lacks (bf16 would run "
+                             "slower than fp32 here); use amp='off'")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _layout(x, channels_last):
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def evaluate(model, loader, *, task: str = "classification", device: Optional[str] = None, ignore_index: int = 255,
-             progress: bool = False, _epoch: int = 0) -> dict:
+             amp: Optional[str] = None, channels_last: Optional[bool] = None, progress: bool = False,
+             _epoch: int = 0) -> dict:
+    """torchtl.engine.evaluate in plain PyTorch; ``amp`` and ``channels_last`` as in ``fit``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _amp_dtype(amp, device)
+    channels_last = channels_last is None or bool(channels_last)
     model.to(device).eval()
     segmentation = task == "segmentation"
     loss_sum, images, correct1, correct5, confusion = 0.0, 0, 0, 0, None
     start = time.perf_counter()
     with torch.no_grad():
         for x, y in _batches(loader, 0):
-            x, y = x.to(device), y.to(device)
+            x, y = _layout(x.to(device), channels_last), y.to(device)
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                if segmentation:
+                    out = model(x)
+                    loss = _segmentation_loss(out, y, 0.5, ignore_index)
+                else:
+                    logits = model(x)
+                    loss = _classification_loss(logits, y, 0.0)
             if segmentation:
-                out = model(x)
-                loss = _segmentation_loss(out, y, 0.5, ignore_index)
                 pred, n = out["out"].argmax(1), out["out"].shape[1]
             else:
-                logits = model(x)
-                loss = _classification_loss(logits, y, 0.0)
                 top = logits.topk(min(5, logits.shape[1]), 1).indices
                 hit = top.eq(y.view(-1, 1))
                 correct1 += int(hit[:, :1].sum())
@@ -139,10 +167,31 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         label_smoothing: float = 0.0, aux_weight: float = 0.5, ignore_index: int = 255,
         device: Optional[str] = None, amp: Optional[str] = None, channels_last: Optional[bool] = None,
         cache_features: bool = False, checkpoint_dir=None, resume=None, seed: int = 0, progress: bool = True) -> dict:
-    """torchtl.engine.fit in plain PyTorch (no feature cache, no resume: the twin is the baseline)."""
+    """torchtl.engine.fit in plain PyTorch (no feature cache, no resume: the twin is the baseline).
+
+    amp and channels_last as in torchtl.engine.fit: autocast around the forward passes, and the
+    convolution weights and batches in channels_last for the run (weights restored afterwards).
+    ``channels_last=False, amp=None`` is torchvision's default execution.
+    """
     if mode not in ("scratch", "finetune", "feature_extractor"):
         raise ValueError(f"unknown mode '{mode}'; choose scratch, finetune or feature_extractor")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _amp_dtype(amp, device)
+    channels_last = channels_last is None or bool(channels_last)
+    try:
+        if channels_last:
+            model.to(device, memory_format=torch.channels_last)
+        return _fit(model, train_loader, val_loader, task, mode, optimizer, lr, momentum, weight_decay, nesterov,
+                    head_lr, epochs, lr_schedule, step_size, gamma, warmup_epochs, clip_grad_norm, label_smoothing,
+                    aux_weight, ignore_index, device, dtype, channels_last, checkpoint_dir, seed)
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _fit(model, train_loader, val_loader, task, mode, optimizer, lr, momentum, weight_decay, nesterov, head_lr,
+         epochs, lr_schedule, step_size, gamma, warmup_epochs, clip_grad_norm, label_smoothing, aux_weight,
+         ignore_index, device, dtype, channels_last, checkpoint_dir, seed):
     segmentation = task == "segmentation"
     torch.manual_seed(seed)
     extract = mode == "feature_extractor"
@@ -164,6 +213,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             groups.append({"params": group, "lr": group_lr})
             base_lrs.append(group_lr)
     opt = _make_optimizer(optimizer, groups, lr, momentum, nesterov, weight_decay)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
     iters = len(train_loader)
     if iters == 0:
         raise ValueError("the training loader yields no batch")
@@ -183,34 +233,37 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         loss_sum, images, correct = 0.0, 0, 0
         start = time.perf_counter()
         for x, y in _batches(train_loader, epoch):
-            x, y = x.to(device), y.to(device)
+            x, y = _layout(x.to(device), channels_last), y.to(device)
             factor = lr_factor(it, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters, step_size=step_size,
                                gamma=gamma, warmup_epochs=warmup_epochs)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
             record["lr"] = base_lrs[0] * factor
             opt.zero_grad()
-            if segmentation:
-                if extract:
-                    with torch.no_grad():
-                        features = model.backbone(x)
-                    out = _segmentation_heads(model, features, x.shape[-2:])
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                if segmentation:
+                    if extract:
+                        with torch.no_grad():
+                            features = model.backbone(x)
+                        out = _segmentation_heads(model, features, x.shape[-2:])
+                    else:
+                        out = model(x)
+                    loss = _segmentation_loss(out, y, aux_weight, ignore_index)
+                    logits = None
                 else:
-                    out = model(x)
-                loss = _segmentation_loss(out, y, aux_weight, ignore_index)
-                logits = None
-            else:
-                if extract:
-                    with torch.no_grad():
-                        features = _resnet_features(model, x)
-                    logits = model.fc(features)
-                else:
-                    logits = model(x)
-                loss = _classification_loss(logits, y, label_smoothing)
-            loss.backward()
+                    if extract:
+                        with torch.no_grad():
+                            features = _resnet_features(model, x)
+                        logits = model.fc(features)
+                    else:
+                        logits = model(x)
+                    loss = _classification_loss(logits, y, label_smoothing)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             if clip_grad_norm:
                 nn.utils.clip_grad_norm_(params, clip_grad_norm)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             it += 1
             value = loss.detach().item()
             record["step_losses"].append(value)
@@ -224,7 +277,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         if not segmentation:
             record["train_acc"] = correct / max(images, 1)
         if val_loader is not None:
-            val = evaluate(model, val_loader, task=task, device=device, ignore_index=ignore_index)
+            val = evaluate(model, val_loader, task=task, device=device, ignore_index=ignore_index,
+                           amp=None if dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+                           channels_last=channels_last)
             record["val"] = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in val.items()}
             metric = val["miou"] if segmentation else val["acc1"]
             if history["best_epoch"] < 0 or metric > history["best_metric"]:
