@@ -1,13 +1,26 @@
-"""torchtl vs torchvision: forward (eval) and forward+backward time, same weights, same run.
+"""Inference speed against torchvision's default execution, same weights, same run.
 
-Prints time ratios torchtl / torchvision (below 1.00: torchtl is faster). Runs are interleaved
-(torchvision, torchtl, torchvision, ...) so that machine noise hits both sides alike; each
-figure is the median over --repeats runs after one warm-up.
+Columns, each as a speedup over torchvision's default (fp32, contiguous batch, the model as
+built; above 1.00: faster than it):
 
-    python benchmarks/models.py                       # CPU, and CUDA when present
-    python benchmarks/models.py --archs resnet18 --repeats 3 --device cpu
+- ``compile``: ``torch.compile`` of torchvision's model, the peer a speed-seeking user picks
+  (compiled and warmed up before timing);
+- ``torchtl``: ``builder().eval()`` then a plain call on the same contiguous batch (the fast
+  path: channels_last inside the C++ forward, batch norm folded);
+- ``torchtl bf16``: the same under ``torch.autocast(device, dtype=torch.bfloat16)`` (CPU: only
+  where ``torchtl.cpu_supports_bf16()``).
+
+Every call runs under ``torch.no_grad()``. Runs are interleaved (each variant once per round) so
+that machine noise hits all alike; each figure is the median over --repeats rounds after warm-up.
+The last columns compare outputs with torchvision's: the largest error relative to the largest
+output, and the share of equal top-1 classes (per pixel for segmentation).
+
+    python benchmarks/models.py                                  # CPU, and CUDA when present
+    python benchmarks/models.py --archs resnet18 --repeats 5 --device cpu --no-compile
+    python benchmarks/models.py --pass train                     # forward+backward, train mode
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -16,11 +29,11 @@ import torchvision
 
 import torchtl
 
-CLASSIFICATION = {"resnet18": (8, 224), "resnet50": (8, 224)}
+SIZES = {"resnet18": (8, 224), "resnet50": (8, 224), "deeplabv3_resnet50": (2, 256), "fcn_resnet50": (2, 256)}
 
 
 def build_pair(arch):
-    if arch in CLASSIFICATION:
+    if arch.startswith("resnet"):
         tv = getattr(torchvision.models, arch)(weights=None)
         return tv, getattr(torchtl.models, arch)(weights=tv)
     tv = getattr(torchvision.models.segmentation, arch)(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
@@ -36,60 +49,103 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_once(model, x, train, device):
-    sync(device)
-    start = time.perf_counter()
-    if train:
-        model.train()
-        out = output_tensor(model(x))
+def runner(model, x, train, device, bf16):
+    def run():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if not train:
+                with torch.no_grad():
+                    return output_tensor(model(x))
+            out = output_tensor(model(x))
         out.float().mean().backward()
         model.zero_grad(set_to_none=True)
-    else:
-        model.eval()
-        with torch.no_grad():
-            model(x)
+        return out.detach()
+    return run
+
+
+def time_once(run, device):
+    sync(device)
+    start = time.perf_counter()
+    run()
     sync(device)
     return time.perf_counter() - start
 
 
-def compare(arch, batch, size, device, repeats):
+def agreement(out, ref):
+    out, ref = out.float(), ref.float()
+    err = ((out - ref).abs().max() / ref.abs().max()).item()
+    top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+    return err, top1
+
+
+def compare(arch, device, repeats, train, use_compile, bf16):
+    batch, size = SIZES[arch]
     tv, tl = build_pair(arch)
-    tv.to(device), tl.to(device)
+    tv.to(device).train(train), tl.to(device).train(train)
+    torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size, device=device)
-    rows = []
-    for train in (False, True):
-        times = {"torchvision": [], "torchtl": []}
-        for model in (tv, tl):  # warm-up
-            time_once(model, x, train, device)
-        for _ in range(repeats):
-            times["torchvision"].append(time_once(tv, x, train, device))
-            times["torchtl"].append(time_once(tl, x, train, device))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append((arch, "fwd+bwd" if train else "fwd (eval)", batch, size, device.type,
-                     med["torchvision"], med["torchtl"], med["torchtl"] / med["torchvision"]))
-    return rows
+    runs = {"torchvision": runner(tv, x, train, device, False)}
+    if use_compile:
+        compiled = torch.compile(tv)
+        runs["compile"] = runner(compiled, x, train, device, False)
+    runs["torchtl"] = runner(tl, x, train, device, False)
+    if bf16:
+        runs["torchtl bf16"] = runner(tl, x, train, device, True)
+    ref = None
+    checks = {}
+    for name, run in runs.items():  # warm-up (and compilation), then the outputs to compare
+        start = time.perf_counter()
+        run()
+        if name == "compile":
+            print(f"  ({arch}: torch.compile took {time.perf_counter() - start:.0f} s)", flush=True)
+        out = run()
+        if name == "torchvision":
+            ref = out
+        elif not train:
+            checks[name] = agreement(out, ref)
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(time_once(run, device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return batch, size, med, checks
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=list(CLASSIFICATION) + ["deeplabv3_resnet50", "fcn_resnet50"])
+    parser.add_argument("--archs", nargs="+", default=["resnet18", "resnet50", "deeplabv3_resnet50"], choices=list(SIZES))
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--pass", dest="passes", choices=["eval", "train"], default="eval")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [torch.device(d) for d in devices if d == "cpu" or torch.cuda.is_available()]
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"{'model':<20} {'pass':<11} {'batch':>5} {'px':>4} {'dev':<5} {'torchvision s':>13} {'torchtl s':>10} {'ratio':>6}")
+    train = args.passes == "train"
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"CPU bf16: {torchtl.cpu_supports_bf16()}, load average {load:.1f}, pass: {args.passes}")
+    header = f"{'model':<20} {'batch':>5} {'px':>4} {'dev':<5} {'torchvision s':>13} {'compile':>8} {'torchtl':>8} " \
+             f"{'tl bf16':>8}"
+    if not train:
+        header += f"  {'err torchtl':>11} {'top1':>6} {'err bf16':>9} {'top1':>6}"
+    print(header, flush=True)
     for device in devices:
+        bf16 = device.type == "cuda" or torchtl.cpu_supports_bf16()
         for arch in args.archs:
-            if arch not in CLASSIFICATION and not hasattr(torchtl, "segmentation"):
-                continue
-            batch, size = CLASSIFICATION.get(arch, (2, 256))
-            for row in compare(arch, batch, size, device, args.repeats):
-                print(f"{row[0]:<20} {row[1]:<11} {row[2]:>5} {row[3]:>4} {row[4]:<5} {row[5]:>13.3f} {row[6]:>10.3f} {row[7]:>6.2f}")
+            batch, size, med, checks = compare(arch, device, args.repeats, train, not args.no_compile, bf16)
+            base = med["torchvision"]
+            cell = lambda k: f"{base / med[k]:>7.2f}x" if k in med else f"{'n/a':>8}"  # noqa: E731
+            line = (f"{arch:<20} {batch:>5} {size:>4} {device.type:<5} {base:>13.3f} {cell('compile')} "
+                    f"{cell('torchtl')} {cell('torchtl bf16')}")
+            if not train:
+                for k in ("torchtl", "torchtl bf16"):
+                    err, top1 = checks.get(k, (float("nan"), float("nan")))
+                    line += f"  {err:>9.1e} {top1:>6.3f}" if k == "torchtl bf16" else f"  {err:>11.1e} {top1:>6.3f}"
+            print(line, flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,14 @@ from torch import nn
 import torchtl
 from helpers import assert_close_rel, randomize_batchnorm
 
+
+@pytest.fixture(autouse=True)
+def _exact_mode():
+    """Parity with torchvision runs in exact mode; tests/test_fast_path.py covers the fast path."""
+    with torchtl.exact_mode():
+        yield
+
+
 ARCHS = [name for name in torchtl.models.__all__ if name != "ResNet"]  # every builder torchtl ships
 
 

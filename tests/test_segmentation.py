@@ -9,6 +9,14 @@ from torch import nn
 import torchtl
 from helpers import assert_close_rel, randomize_batchnorm
 
+
+@pytest.fixture(autouse=True)
+def _exact_mode():
+    """Parity with torchvision runs in exact mode; tests/test_fast_path.py covers the fast path."""
+    with torchtl.exact_mode():
+        yield
+
+
 BUILDERS = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101"]
 
 

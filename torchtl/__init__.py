@@ -3,13 +3,15 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
-           "WeightsMismatchError"]
+           "WeightsMismatchError", "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"]
 
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
 # loading torch (seconds). The library loads on first use, torch and torchvision (whose image ops
 # the C++ decoder calls) always before the extension.
-_SUBMODULES = {"_C", "compare", "data", "demo_data", "engine", "models", "reference", "segmentation", "weights"}
+_SUBMODULES = {"_C", "compare", "data", "demo_data", "engine", "fast_path", "models", "reference", "segmentation",
+               "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
+_FAST_PATH = {"exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"}
 
 
 def __getattr__(name):
@@ -20,8 +22,10 @@ def __getattr__(name):
         return importlib.import_module(f"torchtl.{name}")
     if name in _WEIGHTS:
         return getattr(importlib.import_module("torchtl.weights"), name)
+    if name in _FAST_PATH:
+        return getattr(importlib.import_module("torchtl.fast_path"), name)
     raise AttributeError(f"module 'torchtl' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS)
+    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS | _FAST_PATH)

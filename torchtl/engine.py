@@ -237,7 +237,10 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     ``"poly"`` (per iteration, the segmentation recipe), after ``warmup_epochs`` of linear warm-up;
     it scales every param group's lr.
     class_weights: one loss weight per class (``nn.CrossEntropyLoss(weight=)``).
-    amp (``"fp16"``/``"bf16"``) and channels_last apply on CUDA only; both default to off.
+    amp: ``"bf16"`` autocasts the forward passes on the CPU (on CPUs with AVX-512 BF16 or AMX; others
+    raise) and CUDA, ``"fp16"`` on CUDA (with gradient scaling); default off (fp32).
+    channels_last (default True): the fast path of ``torchtl.fast_path`` (weights and batches in
+    channels_last during the run, batch norm folded for evaluation); False runs in exact mode.
     checkpoint_dir: ``last.pt`` (each epoch), ``best.pt`` (best finite validation metric of a finite
     model), ``history.json``, ``metrics.csv`` and, when tensorboard is installed, TensorBoard events in
     ``tensorboard/``. A new run refuses a checkpoint_dir holding an earlier run's files;
@@ -252,8 +255,6 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     """
     hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
     device = device or default_device()
-    if (amp not in (None, "off")) and not str(device).startswith("cuda"):
-        raise ValueError(f"amp={amp!r} needs a CUDA device")
     if resume:
         resume_epoch = _resume_epoch(resume)
     else:
@@ -276,7 +277,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                    label_smoothing=float(label_smoothing), class_weights=_class_weights(class_weights),
                    max_nonfinite_losses=int(max_nonfinite_losses), aux_weight=float(aux_weight),
                    ignore_index=int(ignore_index), device=str(device), amp=amp or "off",
-                   channels_last=bool(channels_last), cache_features=cache,
+                   channels_last=True if channels_last is None else bool(channels_last), cache_features=cache,
                    checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
                    resume=os.fspath(resume) if resume else "", seed=int(seed))
     bar = progress if callable(progress) else _Bar(bool(progress))
@@ -313,14 +314,17 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
 
 
 def evaluate(model, loader, *, task: str = "classification", device: Optional[str] = None,
-             ignore_index: int = 255, progress: bool = False) -> dict:
+             ignore_index: int = 255, amp: Optional[str] = None, channels_last: Optional[bool] = None,
+             progress: bool = False) -> dict:
     """One evaluation pass in C++: ``{"loss", "acc1", "acc5", "confusion"}`` for classification,
     ``{"loss", "pixel_acc", "miou", "iou", "confusion"}`` for segmentation (torchvision references'
     confusion-matrix metrics; ``miou`` averages the classes present in the target or the prediction,
-    ``iou`` is NaN for the others). ``skipped`` counts the samples on_error="skip" dropped."""
+    ``iou`` is NaN for the others). ``skipped`` counts the samples on_error="skip" dropped. ``amp`` and
+    ``channels_last`` as in ``fit``."""
     device = device or default_device()
     model.to(device)
-    options = dict(task=task, device=str(device), ignore_index=int(ignore_index))
+    options = dict(task=task, device=str(device), ignore_index=int(ignore_index), amp=amp or "off",
+                   channels_last=True if channels_last is None else bool(channels_last))
     bar = _Bar(progress)
     try:
         result = _E.evaluate(_cpp_model(model), _source(loader, "loader", need_len=False), options, bar)

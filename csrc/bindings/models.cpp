@@ -7,6 +7,7 @@
 
 #include "bindings/bindings.h"
 #include "io/weights.h"
+#include "models/fast_path.h"
 #include "models/module_tree.h"
 #include "models/resnet.h"
 #include "models/segmentation.h"
@@ -75,6 +76,9 @@ void init_models(py::module_& m) {
       });
 
   m.def("make_module", &models::make_module, py::arg("type"), py::arg("options"));
+  m.def("exact_mode", &models::exact_mode, "Whether this thread runs models in exact mode (fast_path.h).");
+  m.def("set_exact_mode", &models::set_exact_mode, py::arg("enabled"));
+  m.def("cpu_supports_bf16", &models::cpu_supports_bf16, "AVX-512 BF16 or AMX on this CPU.");
   m.def("make_sequential", [](const std::vector<ModulePtr>& children) -> ModulePtr {
     torch::nn::Sequential seq;
     for (const auto& child : children) seq->push_back(models::to_any_module(child));

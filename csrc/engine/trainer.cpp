@@ -1,6 +1,5 @@
 #include "engine/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
@@ -11,9 +10,11 @@
 #include <set>
 #include <unordered_map>
 
+#include "engine/amp.h"
 #include "engine/metrics.h"
 #include "engine/schedule.h"
 #include "io/weights.h"
+#include "models/fast_path.h"
 #include "models/module_tree.h"
 #include "models/resnet.h"
 #include "models/segmentation.h"
@@ -207,23 +208,6 @@ torch::Tensor segmentation_loss(const torch::OrderedDict<std::string, torch::Ten
   return loss;
 }
 
-// Autocast for the forward pass on CUDA (fp16 or bf16); a no-op elsewhere.
-struct AutocastScope {
-  bool enabled;
-  AutocastScope(bool on, at::ScalarType dtype) : enabled(on) {
-    if (enabled) {
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, dtype);
-    }
-  }
-  ~AutocastScope() {
-    if (enabled) {
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-      at::autocast::clear_cache();
-    }
-  }
-};
-
 // torch.amp.GradScaler's algorithm on ATen's own kernels (the C++ frontend has no GradScaler).
 struct GradScaler {
   bool enabled = false;
@@ -251,14 +235,6 @@ struct GradScaler {
     if (enabled) at::_amp_update_scale_(scale, growth_tracker, found_inf, 2.0, 0.5, 2000);
   }
 };
-
-at::ScalarType amp_dtype(const FitOptions& o, torch::Device device, bool& enabled) {
-  enabled = o.amp() != "off";
-  TORCH_CHECK_VALUE(o.amp() == "off" || o.amp() == "fp16" || o.amp() == "bf16", "amp must be off, fp16 or bf16, got '",
-                    o.amp(), "'");
-  TORCH_CHECK_VALUE(!enabled || device.is_cuda(), "amp='", o.amp(), "' needs a CUDA device");
-  return o.amp() == "bf16" ? at::kBFloat16 : at::kHalf;
-}
 
 struct Throttle {
   Clock::time_point last = Clock::now() - std::chrono::seconds(1);
@@ -312,8 +288,7 @@ EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitO
   double loss_sum = 0.0;
   int64_t correct1 = 0, correct5 = 0, batch_index = 0;
   Throttle throttle;
-  bool amp_on = false;
-  const auto dtype = amp_dtype(o, device, amp_on);
+  const auto dtype = amp_dtype(o.amp(), device);
   const auto num_batches = source.num_batches();
   const auto* loader = source.loader();
   if (!loader) cache = nullptr;
@@ -347,7 +322,7 @@ EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitO
     r.skipped.insert(r.skipped.end(), batch->skipped.begin(), batch->skipped.end());
     auto x = batch->fields.at(0).to(device, /*non_blocking=*/true);
     auto y = batch->fields.at(1).to(device, /*non_blocking=*/true);
-    if (o.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+    x = models::to_fast_layout(x);
     if (cache && view.resnet) {
       auto features = view.resnet->forward_features(x);
       for (size_t k = 0; k < batch->indices.size(); ++k) (*cache)[batch->indices[k]] = {features[k], y[k]};
@@ -360,7 +335,7 @@ EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitO
     const int64_t n = x.size(0);
     torch::Tensor prediction, loss;
     {
-      AutocastScope autocast(amp_on, dtype);
+      AutocastScope autocast(dtype, device);
       if (view.segmentation) {
         auto out = view.segmentation->forward(x);
         loss = segmentation_loss(out, y, o);
@@ -479,6 +454,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
 
 FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train, const BatchSource* val,
               const FitOptions& o, const ProgressFn& progress, const EpochEndFn& epoch_end, const WarningFn& warning) {
+  models::ExactModeGuard exact(models::exact_mode() || !o.channels_last());
   ModelView view(model, o.task());
   TORCH_CHECK_VALUE(o.mode() == "scratch" || o.mode() == "finetune" || o.mode() == "feature_extractor", "unknown mode '",
                     o.mode(), "'; choose scratch, finetune or feature_extractor");
@@ -488,8 +464,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
   TORCH_CHECK_VALUE(iters_per_epoch > 0, "the training loader yields no batch (empty map file, or drop_last with fewer ",
                     "samples than batch_size)");
   const auto device = resolve_device(o.device());
-  bool amp_on = false;
-  const auto dtype = amp_dtype(o, device, amp_on);
+  const auto dtype = amp_dtype(o.amp(), device);
   LRSchedule schedule(ScheduleOptions{o.lr_schedule(), o.epochs(), iters_per_epoch, o.step_size(), o.gamma(), 0.9,
                                       o.warmup_epochs(), 0.01});
 
@@ -506,11 +481,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
     }
   }
   model->to(device);
-  if (o.channels_last() && device.is_cuda()) {
-    for (auto& p : model->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-  }
+  models::ChannelsLastParameters channels_last(*model);
 
   std::vector<std::string> names;
   std::vector<torch::Tensor> params, body, head;
@@ -525,7 +496,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
   std::vector<double> base_lrs;
   for (const auto& group : optimizer->param_groups()) base_lrs.push_back(group.options().get_lr());
   GradScaler scaler;
-  scaler.init(amp_on && dtype == at::kHalf, device);
+  scaler.init(dtype == at::kHalf, device);
 
   RunState state;
   if (!o.resume().empty()) {
@@ -577,7 +548,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
       optimizer->zero_grad();
       torch::Tensor loss, logits;
       {
-        AutocastScope autocast(amp_on, dtype);
+        AutocastScope autocast(dtype, device);
         if (view.segmentation) {
           torch::OrderedDict<std::string, torch::Tensor> out;
           if (extract) {
@@ -669,7 +640,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
         if (batch->fields.empty()) continue;  // only samples skipped by on_error="skip"
         auto x = batch->fields.at(0).to(device, true);
         auto y = batch->fields.at(1).to(device, true);
-        if (o.channels_last() && device.is_cuda()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+        x = models::to_fast_layout(x);
         if (use_cache) {
           torch::Tensor features;
           {
@@ -734,6 +705,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
 
 EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const BatchSource& loader, const FitOptions& options,
                     const ProgressFn& progress, const WarningFn& warning) {
+  models::ExactModeGuard exact(models::exact_mode() || !options.channels_last());
   ModelView view(model, options.task());
   const auto device = resolve_device(options.device());
   model->to(device);

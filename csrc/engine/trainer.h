@@ -43,8 +43,10 @@ struct FitOptions {
   TORCH_ARG(double, aux_weight) = 0.5;
   TORCH_ARG(int64_t, ignore_index) = 255;
   TORCH_ARG(std::string, device) = "";  // empty: CUDA when available, else CPU
-  TORCH_ARG(std::string, amp) = "off";  // "off", "fp16", "bf16" (CUDA only)
-  TORCH_ARG(bool, channels_last) = false;
+  TORCH_ARG(std::string, amp) = "off";  // "off", "fp16", "bf16" (engine/amp.h)
+  // The fast path of models/fast_path.h (channels_last, folded batch norm in evaluation); false
+  // runs the loops in exact mode.
+  TORCH_ARG(bool, channels_last) = true;
   // feature_extractor with a deterministic train transform: keep the frozen features of epoch 1
   // and train the head on them afterwards.
   TORCH_ARG(bool, cache_features) = false;

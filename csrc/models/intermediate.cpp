@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <set>
 
+#include "models/fast_path.h"
+
 namespace torchtl::models {
 
 IntermediateLayerGetterImpl::IntermediateLayerGetterImpl(const std::shared_ptr<torch::nn::Module>& model,
@@ -25,12 +27,13 @@ IntermediateLayerGetterImpl::IntermediateLayerGetterImpl(const std::shared_ptr<t
   }
 }
 
-torch::OrderedDict<std::string, torch::Tensor> IntermediateLayerGetterImpl::forward(torch::Tensor x) {
+torch::OrderedDict<std::string, torch::Tensor> IntermediateLayerGetterImpl::forward(torch::Tensor input) {
   torch::OrderedDict<std::string, torch::Tensor> out;
+  auto x = to_fast_layout(input);
   for (size_t i = 0; i < forwards_.size(); ++i) {
     x = forwards_[i](x);
     for (const auto& [name, key] : return_layers_) {
-      if (name == names_[i]) out.insert(key, x);
+      if (name == names_[i]) out.insert(key, to_caller_layout(x, input));
     }
   }
   return out;

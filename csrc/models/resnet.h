@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "models/fold_bn.h"
 #include "models/module_tree.h"
 
 namespace torchtl::models {
@@ -39,6 +40,9 @@ class BasicBlockImpl : public torch::nn::Module, public Composite {
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::ReLU relu{nullptr};
   torch::nn::Sequential downsample{nullptr};
+
+ private:
+  FoldedConvBN fold1_, fold2_, fold_downsample_;  // eval-mode conv + bn pairs, see fold_bn.h
 };
 TORCH_MODULE(BasicBlock);
 
@@ -56,6 +60,9 @@ class BottleneckImpl : public torch::nn::Module, public Composite {
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::ReLU relu{nullptr};
   torch::nn::Sequential downsample{nullptr};
+
+ private:
+  FoldedConvBN fold1_, fold2_, fold3_, fold_downsample_;  // eval-mode conv + bn pairs, see fold_bn.h
 };
 TORCH_MODULE(Bottleneck);
 
@@ -114,6 +121,7 @@ class ResNetImpl : public torch::nn::Module, public Composite {
   int64_t num_features_ = 0;
   int64_t inplanes_ = 64;
   int64_t dilation_ = 1;
+  FoldedConvBN fold1_;  // conv1 + bn1 in eval mode, see fold_bn.h
 };
 TORCH_MODULE(ResNet);
 

@@ -95,23 +95,51 @@ def _make_optimizer(name, groups, lr, momentum, nesterov, weight_decay):
     raise ValueError(f"unknown optimizer '{name}'; choose sgd, adam or adamw")
 
 
+def _amp_dtype(amp, device):
+    """torchtl::engine::amp_dtype: the autocast dtype for ``amp`` on ``device``, None for off."""
+    if amp in (None, "off"):
+        return None
+    if amp not in ("fp16", "bf16"):
+        raise ValueError(f"amp must be off, fp16 or bf16, got '{amp}'")
+    if torch.device(device).type == "cpu":
+        if amp == "fp16":
+            raise ValueError("amp='fp16' needs a CUDA device; on the CPU use amp='bf16'")
+        from torchtl.fast_path import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            raise ValueError("amp='bf16' on the CPU needs AVX-512 BF16 or AMX, which this CPU lacks (bf16 would run "
+                             "slower than fp32 here); use amp='off'")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _layout(x, channels_last):
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def evaluate(model, loader, *, task: str = "classification", device: Optional[str] = None, ignore_index: int = 255,
-             progress: bool = False, class_weights=None) -> dict:
+             amp: Optional[str] = None, channels_last: Optional[bool] = None, progress: bool = False,
+             class_weights=None) -> dict:
+    """torchtl.engine.evaluate in plain PyTorch; ``amp`` and ``channels_last`` as in ``fit``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _amp_dtype(amp, device)
+    channels_last = channels_last is None or bool(channels_last)
     model.to(device).eval()
     segmentation = task == "segmentation"
     loss_sum, images, correct1, correct5, confusion = 0.0, 0, 0, 0, None
     start = time.perf_counter()
     with torch.no_grad():
         for x, y in _batches(loader, 0):
-            x, y = x.to(device), y.to(device)
+            x, y = _layout(x.to(device), channels_last), y.to(device)
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                if segmentation:
+                    out = model(x)
+                    loss = _segmentation_loss(out, y, 0.5, ignore_index, class_weights)
+                else:
+                    logits = model(x)
+                    loss = _classification_loss(logits, y, 0.0, class_weights)
             if segmentation:
-                out = model(x)
-                loss = _segmentation_loss(out, y, 0.5, ignore_index, class_weights)
                 pred, n = out["out"].argmax(1), out["out"].shape[1]
             else:
-                logits = model(x)
-                loss = _classification_loss(logits, y, 0.0, class_weights)
                 top = logits.topk(min(5, logits.shape[1]), 1).indices
                 hit = top.eq(y.view(-1, 1))
                 correct1 += int(hit[:, :1].sum())
@@ -155,6 +183,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
 
     The same epoch lines, logs (history.json, metrics.csv, TensorBoard), non-finite loss handling
     and best.pt rule as the C++ loop; a torch.optim optimizer instance is stepped as it is.
+    amp and channels_last as in torchtl.engine.fit: autocast around the forward passes, and the
+    convolution weights and batches in channels_last for the run (weights restored afterwards).
+    ``channels_last=False, amp=None`` is torchvision's default execution.
     """
     from torchtl import _runlog
     from torchtl.engine import _Bar, _class_weights, check_run_arguments
@@ -166,6 +197,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
     _runlog.check_fresh_dir(checkpoint_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _amp_dtype(amp, device)
+    channels_last = channels_last is None or bool(channels_last)
     segmentation = task == "segmentation"
     weight = _class_weights(class_weights)
     torch.manual_seed(seed)
@@ -200,6 +233,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     if iters == 0:
         raise ValueError("the training loader yields no batch")
     lr_factor(0, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters)  # validates the name
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
     bar = _Bar(progress is True)
@@ -208,6 +242,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                          echo=bar.write if progress is True else None)
     best_metric, best_epoch, nonfinite, it = None, None, 0, 0
     record = None
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     try:
         for epoch in range(1, epochs + 1):
             model.train()
@@ -219,30 +255,31 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             loss_sum, images, correct = 0.0, 0, 0
             start = time.perf_counter()
             for x, y in _batches(train_loader, epoch - 1):
-                x, y = x.to(device), y.to(device)
+                x, y = _layout(x.to(device), channels_last), y.to(device)
                 factor = lr_factor(it, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters, step_size=step_size,
                                    gamma=gamma, warmup_epochs=warmup_epochs)
                 for g, base in zip(opt.param_groups, base_lrs):
                     g["lr"] = base * factor
                 record["lr"] = base_lrs[0] * factor
                 opt.zero_grad()
-                if segmentation:
-                    if extract:
-                        with torch.no_grad():
-                            features = model.backbone(x)
-                        out = _segmentation_heads(model, features, x.shape[-2:])
+                with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+                    if segmentation:
+                        if extract:
+                            with torch.no_grad():
+                                features = model.backbone(x)
+                            out = _segmentation_heads(model, features, x.shape[-2:])
+                        else:
+                            out = model(x)
+                        loss = _segmentation_loss(out, y, aux_weight, ignore_index, weight)
+                        logits = None
                     else:
-                        out = model(x)
-                    loss = _segmentation_loss(out, y, aux_weight, ignore_index, weight)
-                    logits = None
-                else:
-                    if extract:
-                        with torch.no_grad():
-                            features = _resnet_features(model, x)
-                        logits = model.fc(features)
-                    else:
-                        logits = model(x)
-                    loss = _classification_loss(logits, y, label_smoothing, weight)
+                        if extract:
+                            with torch.no_grad():
+                                features = _resnet_features(model, x)
+                            logits = model.fc(features)
+                        else:
+                            logits = model(x)
+                        loss = _classification_loss(logits, y, label_smoothing, weight)
                 value = loss.detach().item()
                 it += 1
                 record["step_losses"].append(value)
@@ -257,10 +294,12 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                         raise RuntimeError(f"training stopped: {nonfinite} non-finite losses (max_nonfinite_losses="
                                            f"{max_nonfinite_losses})")
                     continue
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
                 if clip_grad_norm:
                     nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 loss_sum += value * x.shape[0]
                 images += x.shape[0]
                 if logits is not None:
@@ -272,7 +311,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 record["train_acc"] = correct / max(images, 1)
             if val_loader is not None:
                 val = evaluate(model, val_loader, task=task, device=device, ignore_index=ignore_index,
-                               class_weights=weight)
+                               amp=amp, channels_last=channels_last, class_weights=weight)
                 record["val"] = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in val.items()}
                 metric = val["miou"] if segmentation else val["acc1"]
                 if math.isfinite(metric) and (best_metric is None or metric > best_metric) and _finite(model):
@@ -295,4 +334,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     except BaseException:
         log.finish()
         raise
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
     return log.finish()

@@ -1,0 +1,38 @@
+#include "engine/amp.h"
+
+#include <ATen/autocast_mode.h>
+#include <c10/util/Exception.h>
+
+#include "models/fast_path.h"
+
+namespace torchtl::engine {
+
+std::optional<at::ScalarType> amp_dtype(const std::string& amp, c10::Device device) {
+  TORCH_CHECK_VALUE(amp == "off" || amp == "fp16" || amp == "bf16", "amp must be off, fp16 or bf16, got '", amp, "'");
+  if (amp == "off") return std::nullopt;
+  TORCH_CHECK_VALUE(device.is_cuda() || device.is_cpu(), "amp='", amp, "' runs on CPU or CUDA devices, got ", device);
+  if (device.is_cpu()) {
+    TORCH_CHECK_VALUE(amp == "bf16", "amp='fp16' needs a CUDA device; on the CPU use amp='bf16'");
+    TORCH_CHECK_VALUE(models::cpu_supports_bf16(), "amp='bf16' on the CPU needs AVX-512 BF16 or AMX, which this CPU ",
+                      "lacks (bf16 would run slower than fp32 here); use amp='off'");
+  }
+  return amp == "bf16" ? at::kBFloat16 : at::kHalf;
+}
+
+AutocastScope::AutocastScope(std::optional<at::ScalarType> dtype, c10::Device device)
+    : enabled_(dtype.has_value()), device_(device.type()) {
+  if (!enabled_) return;
+  previous_enabled_ = at::autocast::is_autocast_enabled(device_);
+  previous_dtype_ = at::autocast::get_autocast_dtype(device_);
+  at::autocast::set_autocast_enabled(device_, true);
+  at::autocast::set_autocast_dtype(device_, *dtype);
+}
+
+AutocastScope::~AutocastScope() {
+  if (!enabled_) return;
+  at::autocast::set_autocast_enabled(device_, previous_enabled_);
+  at::autocast::set_autocast_dtype(device_, previous_dtype_);
+  if (!previous_enabled_) at::autocast::clear_cache();
+}
+
+}  // namespace torchtl::engine

@@ -1,0 +1,52 @@
+#pragma once
+// A Conv2d followed by an eval-mode BatchNorm2d, run as one convolution whose weight and bias
+// absorb the normalisation (torch.nn.utils.fusion.fuse_conv_bn_weights): one pass over the
+// activations fewer per pair, in channels_last.
+//
+// The folded weights are computed once and kept until a source tensor changes: each of the
+// conv's and the batch norm's parameters and buffers is checked by identity, version counter
+// (every in-place write bumps it: optimizer steps, load_state_dict, copy_) and storage (so
+// `.data =` and `.to()` count too). They are used only where nothing needs their gradient:
+// eval mode, not in exact mode, and autograd off (or no source tensor requires grad); training
+// mode drops them. Under CPU or CUDA autocast they are kept in the autocast dtype, so the cast
+// is not repeated every call.
+#include <torch/torch.h>
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace torchtl::models {
+
+class FoldedConvBN {
+ public:
+  FoldedConvBN() = default;
+  // A copy starts empty: the cache belongs to one module's tensors.
+  FoldedConvBN(const FoldedConvBN&) {}
+  FoldedConvBN& operator=(const FoldedConvBN&) { return *this; }
+
+  // bn(conv(x)), folded where allowed (see above).
+  torch::Tensor operator()(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
+  // A torchvision downsample branch, Sequential(conv1x1, BatchNorm2d), folded the same way;
+  // any other Sequential (a user's replacement) runs as it is.
+  torch::Tensor operator()(torch::nn::SequentialImpl& branch, const torch::Tensor& x);
+
+ private:
+  struct Source {
+    torch::Tensor tensor;  // held so that its identity cannot be reused by a new tensor
+    int64_t version;
+    const void* data;
+  };
+  struct Folded {
+    std::vector<Source> sources;
+    double eps;
+    at::ScalarType dtype;
+    torch::Tensor weight, bias;
+  };
+  std::shared_ptr<const Folded> folded(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, at::ScalarType dtype);
+
+  std::mutex mutex_;
+  std::shared_ptr<const Folded> folded_;
+};
+
+}  // namespace torchtl::models
