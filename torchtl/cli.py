@@ -103,8 +103,8 @@ def cmd_train(args):
         warnings.simplefilter("ignore")
         if task == "classification":
             num_classes = args.num_classes or compare._num_classes(train_map)
-            classes_file = data.classes_path_for(train_map)
-            classes = data.read_classes(classes_file) if os.path.isfile(classes_file) else None
+            classes_file = data.find_classes_file(train_map)
+            classes = data.read_classes(classes_file) if classes_file is not None else None
             model = _builder(args.arch)(num_classes=num_classes, weights=args.weights)
             train, val = compare.classification_loaders(train_map, val_map or train_map, size=size,
                                                         batch_size=args.batch_size, workers=args.workers,
@@ -117,7 +117,7 @@ def cmd_train(args):
                                         weights_backbone=args.weights_backbone)
             train, val = compare.segmentation_loaders(train_map, val_map or train_map, size=size,
                                                       batch_size=args.batch_size, workers=args.workers,
-                                                      seed=args.seed)
+                                                      seed=args.seed, num_classes=num_classes)
     mode = args.mode or ("finetune" if (args.weights or args.weights_backbone) else "scratch")
     os.makedirs(out, exist_ok=True)
     config = dict(task=task, arch=args.arch, num_classes=num_classes, size=size, classes=classes,

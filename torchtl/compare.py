@@ -61,10 +61,13 @@ def classification_loaders(train_map, val_map, *, size=64, batch_size=8, workers
     return train, val
 
 
-def segmentation_loaders(train_map, val_map, *, size=64, batch_size=4, workers=2, seed=0):
+def segmentation_loaders(train_map, val_map, *, size=64, batch_size=4, workers=2, seed=0, num_classes=None):
+    # num_classes makes a mask value the model cannot predict an error naming the mask file.
     train_ds = data.SegmentationMapDataset(
-        train_map, transform=data.segmentation_transform(train=True, base_size=size, crop_size=size), seed=seed)
-    val_ds = data.SegmentationMapDataset(val_map, transform=data.segmentation_transform(train=False, base_size=size))
+        train_map, transform=data.segmentation_transform(train=True, base_size=size, crop_size=size), seed=seed,
+        num_classes=num_classes)
+    val_ds = data.SegmentationMapDataset(val_map, transform=data.segmentation_transform(train=False, base_size=size),
+                                         num_classes=num_classes)
     train = data.DataLoader(train_ds, batch_size, shuffle=True, num_workers=workers, seed=seed,
                             drop_last=len(train_ds) > batch_size)
     # batch 1: eval images keep their own aspect ratio (shorter side = size), as in the references.
@@ -73,11 +76,10 @@ def segmentation_loaders(train_map, val_map, *, size=64, batch_size=4, workers=2
 
 
 def _num_classes(map_file) -> int:
-    classes = data.classes_path_for(map_file)
-    if os.path.isfile(classes):
+    classes = data.find_classes_file(map_file)
+    if classes is not None:
         return len(data.read_classes(classes))
-    labels = [int(line.split("\t")[1]) for line in open(map_file, encoding="utf-8") if line.strip()]
-    return max(labels) + 1
+    return max(label for _, label in data.MapDataset(map_file).samples) + 1
 
 
 def _run_pair(build, loaders, fit_kwargs, progress, log, label):
@@ -300,7 +302,8 @@ def compare_segmentation(train, val, out_dir, *, arch="fcn_resnet50", num_classe
                            weights_backbone=weights_backbone)
 
     def loaders():
-        return segmentation_loaders(train_map, val_map, size=size, batch_size=batch_size, workers=workers, seed=seed)
+        return segmentation_loaders(train_map, val_map, size=size, batch_size=batch_size, workers=workers, seed=seed,
+                                    num_classes=num_classes)
 
     fit_kwargs = dict(task="segmentation", mode="finetune" if (weights or weights_backbone) else "scratch",
                       optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1e-4, epochs=epochs, lr_schedule="poly",
