@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <new>
 #include <sstream>
 
 #include <unistd.h>
@@ -92,10 +93,16 @@ void LoaderEpoch::check_same_process() const {
 void LoaderEpoch::close() {
   std::lock_guard<std::mutex> closing(close_mutex_);
   if (::getpid() != pid_ && options_.num_workers() > 0) {
-    // In a forked child the workers do not exist: joining would wait forever, and mutex_ may
-    // have been held by one of them at the fork.
+    // In a forked child the workers do not exist: joining would wait forever. The copied mutex
+    // and condition variables still count them (one may hold mutex_; notifying or destroying a
+    // condition variable they waited on blocks for good), so they start afresh here, as
+    // pthread_atfork child handlers re-initialise their locks.
     for (auto& worker : workers_) worker.detach();
     workers_.clear();
+    new (&mutex_) std::mutex();
+    new (&ready_) std::condition_variable();
+    new (&room_) std::condition_variable();
+    stop_ = true;
     return;
   }
   {
