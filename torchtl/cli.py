@@ -277,8 +277,8 @@ def cmd_train(args):
         if not segmentation:
             # The C++ reader checks every line here (and names the file and line at fault).
             num_classes = args.num_classes if args.num_classes is not None else compare._num_classes(train_map)
-            classes_file = data.classes_path_for(train_map)
-            classes = data.read_classes(classes_file) if os.path.isfile(classes_file) else None
+            classes_file = data.find_classes_file(train_map)
+            classes = data.read_classes(classes_file) if classes_file is not None else None
             train, val = compare.classification_loaders(train_map, val_map or train_map, size=size,
                                                         batch_size=args.batch_size, workers=args.workers,
                                                         seed=args.seed)
@@ -287,7 +287,7 @@ def cmd_train(args):
             num_classes = args.num_classes
             train, val = compare.segmentation_loaders(train_map, val_map or train_map, size=size,
                                                       crop_size=args.crop_size, batch_size=args.batch_size,
-                                                      workers=args.workers, seed=args.seed)
+                                                      workers=args.workers, seed=args.seed, num_classes=num_classes)
             model = _builder(args.model)(num_classes=num_classes, aux_loss=args.aux_loss, weights=args.weights,
                                          weights_backbone=args.weights_backbone)
     config = dict(task=task, arch=args.model, num_classes=num_classes, size=size, classes=classes,
@@ -558,7 +558,7 @@ def build_parser():
 
     p = add(sub, "make-map", cmd_make_map, "write a map file for an ImageFolder tree or a PASCAL VOC folder")
     p.add_argument("root", help="ImageFolder root (root/<class>/<images>) or VOC root (JPEGImages, SegmentationClass)")
-    p.add_argument("out", help="map file to write (ImageFolder: also <out>_classes.txt)")
+    p.add_argument("out", help="map file to write (ImageFolder: also <stem>_classes<ext>, e.g. train_classes.txt)")
     p.add_argument("--layout", choices=("auto", "imagefolder", "voc"), default="auto",
                    help="auto: VOC when ROOT has JPEGImages and SegmentationClass")
     p.add_argument("--split", default="train", help="VOC split (ImageSets/Segmentation/<split>.txt)")

@@ -79,13 +79,17 @@ def classification_loaders(train_map, val_map, *, size=64, batch_size=8, workers
     return train, val
 
 
-def segmentation_loaders(train_map, val_map, *, size=64, crop_size=None, batch_size=4, workers=2, seed=0):
+def segmentation_loaders(train_map, val_map, *, size=64, crop_size=None, batch_size=4, workers=2, seed=0,
+                         num_classes=None):
     """Training crops of ``crop_size`` (default ``size``) after scaling ``size`` by 0.5x to 2x;
-    evaluation at shorter side ``size``."""
+    evaluation at shorter side ``size``. ``num_classes`` makes a mask value the model cannot
+    predict an error naming the mask file."""
     crop_size = size if crop_size is None else crop_size
     train_ds = data.SegmentationMapDataset(
-        train_map, transform=data.segmentation_transform(train=True, base_size=size, crop_size=crop_size), seed=seed)
-    val_ds = data.SegmentationMapDataset(val_map, transform=data.segmentation_transform(train=False, base_size=size))
+        train_map, transform=data.segmentation_transform(train=True, base_size=size, crop_size=crop_size), seed=seed,
+        num_classes=num_classes)
+    val_ds = data.SegmentationMapDataset(val_map, transform=data.segmentation_transform(train=False, base_size=size),
+                                         num_classes=num_classes)
     train = data.DataLoader(train_ds, batch_size, shuffle=True, num_workers=workers, seed=seed,
                             drop_last=len(train_ds) > batch_size)
     # batch 1: eval images keep their own aspect ratio (shorter side = size), as in the references.
@@ -95,10 +99,10 @@ def segmentation_loaders(train_map, val_map, *, size=64, crop_size=None, batch_s
 
 def _num_classes(map_file) -> int:
     """The classes file's length, else the largest label + 1; the C++ reader checks every line."""
-    dataset = data.MapDataset(map_file)
-    if dataset.num_classes is not None:
-        return dataset.num_classes
-    return max(label for _, label in dataset.samples) + 1
+    classes = data.find_classes_file(map_file)
+    if classes is not None:
+        return len(data.read_classes(classes))
+    return max(label for _, label in data.MapDataset(map_file).samples) + 1
 
 
 def _run_pair(build, loaders, fit_kwargs, progress, log, label):
@@ -322,7 +326,8 @@ def compare_segmentation(train, val, out_dir, *, arch="fcn_resnet50", num_classe
                            weights_backbone=weights_backbone)
 
     def loaders():
-        return segmentation_loaders(train_map, val_map, size=size, batch_size=batch_size, workers=workers, seed=seed)
+        return segmentation_loaders(train_map, val_map, size=size, batch_size=batch_size, workers=workers, seed=seed,
+                                    num_classes=num_classes)
 
     fit_kwargs = dict(task="segmentation", mode="finetune" if (weights or weights_backbone) else "scratch",
                       optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1e-4, epochs=epochs, lr_schedule="poly",

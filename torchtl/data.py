@@ -13,7 +13,10 @@ after ``torch.manual_seed(s)``)::
 """
 from __future__ import annotations
 
+import operator
 import os
+import sys
+import threading
 import warnings
 from typing import Optional, Sequence
 
@@ -30,6 +33,7 @@ __all__ = [
     "write_map_file",
     "read_classes",
     "classes_path_for",
+    "find_classes_file",
     "read_image",
     "read_mask",
     "classification_transform",
@@ -47,16 +51,56 @@ class SkippedSamplesWarning(UserWarning):
     """Bad lines or samples were skipped because ``on_error="skip"`` was asked for."""
 
 
+def _fs(path) -> bytes:
+    # Paths travel to C++ as the bytes the file system stores, so a name that is not UTF-8 (a
+    # str holding os.fsdecode's surrogates, as ds.samples returns it) reaches the same file.
+    return os.fsencode(path)
+
+
 def classes_path_for(map_path: str) -> str:
-    """Where ``write_map_file`` puts the class names of ``map_path``: ``train.txt`` -> ``train_classes.txt``."""
+    """Where ``write_map_file`` puts the class names of ``map_path``: ``train.txt`` -> ``train_classes.txt``,
+    ``train.tsv`` -> ``train_classes.tsv`` (each map file has its own)."""
+    stem, ext = os.path.splitext(os.fspath(map_path))
+    return stem + "_classes" + ext
+
+
+def find_classes_file(map_path: str) -> Optional[str]:
+    """The classes file of ``map_path``, or None: ``classes_path_for(map_path)``, else the
+    ``<stem>_classes.txt`` that earlier versions wrote for every extension, unless ``<stem>.txt``
+    exists (then that file may be the classes of ``<stem>.txt``, and a warning says so)."""
+    own = classes_path_for(map_path)
+    if os.path.isfile(own):
+        return own
     stem, _ = os.path.splitext(os.fspath(map_path))
-    return stem + "_classes.txt"
+    legacy = stem + "_classes.txt"
+    if legacy == own or not os.path.isfile(legacy):
+        return None
+    if os.path.exists(stem + ".txt"):
+        warnings.warn(f"'{legacy}' may hold the classes of '{stem}.txt' rather than of '{map_path}': not used; "
+                      f"pass classes_file=, or write the map file again with write_map_file", stacklevel=3)
+        return None
+    return legacy
 
 
 def read_classes(path: str) -> list[str]:
-    """Class names, one a line (line ``i`` names class ``i``)."""
-    with open(path, encoding="utf-8") as f:
+    """Class names, one a line (line ``i`` names class ``i``). Names are folder names, decoded as
+    ``os.fsdecode`` decodes them (so they equal ``ImageFolder.classes`` whatever their encoding)."""
+    with open(path, encoding=sys.getfilesystemencoding(), errors="surrogateescape") as f:
         return [line.rstrip("\r\n") for line in f if line.strip()]
+
+
+def _refuse_overwriting_other_maps(map_path: str, classes_path: str) -> None:
+    # A map-file write never destroys what an earlier one wrote: its map file must not be the
+    # classes file of another map file, nor its classes file another map file (map lines hold tabs).
+    stem, ext = os.path.splitext(map_path)
+    if stem.endswith("_classes") and os.path.isfile(stem[: -len("_classes")] + ext):
+        raise ValueError(f"'{map_path}' holds the classes of '{stem[: -len('_classes')] + ext}'; "
+                         "choose another map file name")
+    if os.path.isfile(classes_path):
+        with open(classes_path, "rb") as f:
+            if b"\t" in f.read(1 << 16):
+                raise ValueError(f"the classes file '{classes_path}' of '{map_path}' is a map file; "
+                                 "choose another map file name or classes_path")
 
 
 def write_map_file(root, map_path, *, layout: str = "auto", split: str = "train", classes_path=None) -> int:
@@ -68,25 +112,27 @@ def write_map_file(root, map_path, *, layout: str = "auto", split: str = "train"
     ``ImageSets/Segmentation/<split>.txt`` -> ``image<TAB>mask`` lines. ``"auto"`` picks VOC when
     ``root`` has ``JPEGImages`` and ``SegmentationClass`` folders.
     """
-    root, map_path = os.fspath(root), os.fspath(map_path)
+    root, map_path = os.fsdecode(root), os.fsdecode(map_path)
     if layout == "auto":
         is_voc = os.path.isdir(os.path.join(root, "JPEGImages")) and os.path.isdir(os.path.join(root, "SegmentationClass"))
         layout = "voc" if is_voc else "imagefolder"
     if layout == "voc":
-        return _D.write_voc_map(root, split, map_path)
+        return _D.write_voc_map(_fs(root), split, _fs(map_path))
     if layout == "imagefolder":
-        return _D.write_image_folder_map(root, map_path, os.fspath(classes_path or classes_path_for(map_path)))
+        classes_path = os.fsdecode(classes_path or classes_path_for(map_path))
+        _refuse_overwriting_other_maps(map_path, classes_path)
+        return _D.write_image_folder_map(_fs(root), _fs(map_path), _fs(classes_path))
     raise ValueError(f"layout must be 'auto', 'imagefolder' or 'voc', got {layout!r}")
 
 
 def read_image(path) -> torch.Tensor:
     """uint8 3 x H x W RGB, EXIF orientation applied: what the datasets decode."""
-    return _D.read_image(os.fspath(path))
+    return _D.read_image(_fs(path))
 
 
 def read_mask(path) -> torch.Tensor:
     """H x W class indices exactly as stored (palette index or gray value)."""
-    return _D.read_mask(os.fspath(path))
+    return _D.read_mask(_fs(path))
 
 
 def classification_transform(
@@ -194,7 +240,8 @@ class MapDataset(_MapDatasetBase):
     """``path<TAB>class_index`` map file -> (float32 image, int label), as a C++
     ``torch::data::datasets::Dataset``.
 
-    ``num_classes`` (default: the length of the classes file next to the map file, if any) makes
+    ``num_classes`` (default: the length of the classes file next to the map file, if any: see
+    ``find_classes_file``) makes
     labels >= num_classes bad lines. The whole file is checked here: every bad line (wrong field
     count, non-integer or negative label, missing file) is reported in one error, or skipped with
     a ``SkippedSamplesWarning`` when ``on_error="skip"``. Without a transform the decoded uint8
@@ -203,16 +250,16 @@ class MapDataset(_MapDatasetBase):
 
     def __init__(self, map_file, transform=None, *, num_classes: Optional[int] = None, classes_file=None,
                  seed: int = 0, on_error: str = "raise"):
-        map_file = os.fspath(map_file)
+        map_file = os.fsdecode(map_file)
         if transform is not None and not isinstance(transform, _D.ClassificationTransform):
             raise TypeError("transform must come from torchtl.data.classification_transform(...)")
-        classes_file = classes_file if classes_file is not None else classes_path_for(map_file)
-        self.classes = read_classes(classes_file) if os.path.isfile(classes_file) else None
+        classes_file = classes_file if classes_file is not None else find_classes_file(map_file)
+        self.classes = read_classes(classes_file) if classes_file is not None else None
         if num_classes is None and self.classes is not None:
             num_classes = len(self.classes)
         self.num_classes = num_classes
         self.transform = transform
-        self._cpp = _D.MapDataset(map_file, transform, -1 if num_classes is None else int(num_classes), int(seed),
+        self._cpp = _D.MapDataset(_fs(map_file), transform, -1 if num_classes is None else int(num_classes), seed,
                                   _check_on_error(on_error))
         _warn_skipped_lines(self)
 
@@ -232,14 +279,21 @@ class MapDataset(_MapDatasetBase):
 class SegmentationMapDataset(_MapDatasetBase):
     """``image<TAB>mask`` map file -> (float32 image, int64 H x W mask). Masks are read as class
     indices (palette index or gray value); a mask whose size differs from its image is an error
-    naming both files."""
+    naming both files. With ``num_classes``, a mask value ``>= num_classes`` other than
+    ``ignore_index`` is an error naming the mask file (checked as each mask is loaded)."""
 
-    def __init__(self, map_file, transform=None, *, seed: int = 0, on_error: str = "raise"):
-        map_file = os.fspath(map_file)
+    def __init__(self, map_file, transform=None, *, num_classes: Optional[int] = None, ignore_index: int = 255,
+                 seed: int = 0, on_error: str = "raise"):
+        map_file = os.fsdecode(map_file)
         if transform is not None and not isinstance(transform, _D.SegmentationTransform):
             raise TypeError("transform must come from torchtl.data.segmentation_transform(...)")
+        if num_classes is not None and int(num_classes) <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.transform = transform
-        self._cpp = _D.SegmentationMapDataset(map_file, transform, int(seed), _check_on_error(on_error))
+        self.num_classes = num_classes
+        self.ignore_index = int(ignore_index)
+        self._cpp = _D.SegmentationMapDataset(_fs(map_file), transform, -1 if num_classes is None else int(num_classes),
+                                              self.ignore_index, seed, _check_on_error(on_error))
         _warn_skipped_lines(self)
 
     @property
@@ -278,16 +332,19 @@ class DataLoader:
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.seed = int(seed)
+        self.seed = seed
         self.pin_memory = bool(pin_memory)
         self._skip = _check_on_error(on_error)
-        self._cpp = _D.ThreadedLoader(dataset._cpp, self.batch_size, bool(shuffle), self.num_workers, self.seed,
+        self._cpp = _D.ThreadedLoader(dataset._cpp, self.batch_size, bool(shuffle), self.num_workers, seed,
                                       bool(drop_last), self.pin_memory, int(prefetch_factor), self._skip)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next ``iter()`` loads (it counts up from 0 on its own)."""
-        self.epoch = int(epoch)
+        epoch = operator.index(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self._cpp)
@@ -304,6 +361,9 @@ class _EpochIterator:
         self.epoch = epoch
         self.skipped: list[str] = []
         self._len = len(cpp_epoch)
+        # The iterator may be shared by threads (the C++ epoch hands each batch out once); this
+        # makes its end (close and the skipped-samples warning) happen once too.
+        self._close_lock = threading.Lock()
 
     def __iter__(self):
         return self
@@ -312,9 +372,10 @@ class _EpochIterator:
         return self._len
 
     def __next__(self):
-        if self._cpp is None:
+        cpp = self._cpp
+        if cpp is None:
             raise StopIteration
-        out = self._cpp.next()
+        out = cpp.next()
         if out is not None:
             fields, skipped, _ = out
             self.skipped += skipped
@@ -325,7 +386,8 @@ class _EpochIterator:
 
     def close(self) -> None:
         """Stops and joins the loader threads (also done on exhaustion and garbage collection)."""
-        cpp, self._cpp = self._cpp, None
+        with self._close_lock:
+            cpp, self._cpp = self._cpp, None
         if cpp is None:
             return
         cpp.close()

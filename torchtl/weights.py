@@ -27,6 +27,10 @@ def _unwrap_checkpoint(mapping: Mapping):
     for key in ("model", "state_dict"):
         if isinstance(mapping.get(key), Mapping):
             return _unwrap_checkpoint(mapping[key])
+    if any(isinstance(v, torch.Tensor) for v in mapping.values()):
+        # A state dict with a stray value: name it, rather than calling the whole dict no state dict.
+        key, value = next((k, v) for k, v in mapping.items() if not isinstance(v, torch.Tensor))
+        raise ValueError(f"state dict key {key!r} holds a {type(value).__name__}, not a tensor")
     raise ValueError("expected a state dict (names to tensors) or a checkpoint holding one under 'model' or 'state_dict'")
 
 

@@ -3,6 +3,8 @@
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
+#include <filesystem>
+
 #include "bindings/bindings.h"
 #include "data/datasets.h"
 #include "data/image.h"
@@ -19,9 +21,63 @@ using namespace torchtl::data;
 
 at::Generator seeded(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
+// A path from C++ (bytes, as the file system stores them) as os.fsdecode shows it: bytes that are
+// not UTF-8 become lone surrogates, and os.fsencode (what torchtl.data passes back) restores them.
+py::str fs_path(const std::string& path) {
+  PyObject* text = PyUnicode_DecodeFSDefaultAndSize(path.data(), static_cast<Py_ssize_t>(path.size()));
+  if (text == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(text);
+}
+
+// Messages carry paths through printable() already; this also covers the messages of other
+// libraries (torchvision's decoders) that quote a path as is.
+py::str message(const std::string& text) {
+  PyObject* out = PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "backslashreplace");
+  if (out == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(out);
+}
+
+py::list messages(const std::vector<std::string>& texts) {
+  py::list out;
+  for (const auto& text : texts) out.append(message(text));
+  return out;
+}
+
+// Seeds and epochs are unsigned 64-bit in C++. Any Python integer comes in, so that a negative or
+// too large one is a ValueError naming the argument, not pybind11's list of signatures.
+uint64_t unsigned_arg(const py::handle& value, const char* name) {
+  py::int_ number;
+  try {
+    number = py::reinterpret_steal<py::int_>(PyNumber_Index(value.ptr()));
+    if (!number) throw py::error_already_set();
+  } catch (const py::error_already_set&) {
+    throw py::type_error(std::string(name) + " must be an integer, got " + std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+  const auto out = PyLong_AsUnsignedLongLong(number.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    throw py::value_error(std::string(name) + " must be an integer in [0, 2**64), got " + std::string(py::str(number)));
+  }
+  return static_cast<uint64_t>(out);
+}
+
+// `text` with the bytes that are not UTF-8 as \xNN: what a c10 error must carry for Python to
+// show it.
+std::string valid_utf8(const std::string& text) { return message(text).cast<std::string>(); }
+
+// Re-throws a c10 error of type E whose message is not UTF-8 with the message repaired; any other
+// error goes on unchanged.
+template <typename E>
+void rethrow_as_utf8(const E& e) {
+  const std::string original = e.what_without_backtrace();
+  auto repaired = valid_utf8(original);
+  if (repaired == original) throw;
+  throw E(std::move(repaired));
+}
+
 py::tuple entry_tuple(const MapEntry& e, bool segmentation) {
-  if (segmentation) return py::make_tuple(e.path, e.target, e.line);
-  return py::make_tuple(e.path, e.label, e.line);
+  if (segmentation) return py::make_tuple(fs_path(e.path), fs_path(e.target), e.line);
+  return py::make_tuple(fs_path(e.path), e.label, e.line);
 }
 
 template <typename Dataset>
@@ -40,14 +96,32 @@ ThreadedLoader make_loader(std::shared_ptr<Dataset> ds, const LoaderOptions& opt
 void init_data(py::module_& m) {
   auto d = m.def_submodule("data", "torchtl::data: map files, decoding, transforms, datasets, threaded loader");
 
-  // torchtl's FileNotFoundError (also when re-thrown from a worker thread) becomes Python's; every
-  // other c10 error falls through to torch's own translator (ValueError, TypeError,
-  // NotImplementedError, ...). Local to this extension, and so to every torchtl call.
+  // torchtl's FileNotFoundError and IsADirectoryError (also when re-thrown from a worker thread)
+  // become Python's; every other c10 error falls through to torch's own translator (ValueError,
+  // TypeError, NotImplementedError, ...), re-thrown first with its message made valid UTF-8 where
+  // it quotes a non-UTF-8 path (Python would raise a bare UnicodeDecodeError instead).
+  // std::filesystem errors become OSError with their errno (PermissionError, ...). Local to this
+  // extension, and so to every torchtl call.
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const FileNotFoundError& e) {
-      PyErr_SetString(PyExc_FileNotFoundError, e.what_without_backtrace());
+      PyErr_SetObject(PyExc_FileNotFoundError, message(e.what_without_backtrace()).ptr());
+    } catch (const IsADirectoryError& e) {
+      PyErr_SetObject(PyExc_IsADirectoryError, message(e.what_without_backtrace()).ptr());
+    } catch (const c10::IndexError& e) {
+      rethrow_as_utf8(e);
+    } catch (const c10::ValueError& e) {
+      rethrow_as_utf8(e);
+    } catch (const c10::TypeError& e) {
+      rethrow_as_utf8(e);
+    } catch (const c10::Error& e) {
+      // Other subclasses (out of memory, ...) quote no paths.
+      if (typeid(e) != typeid(c10::Error)) throw;
+      rethrow_as_utf8(e);
+    } catch (const std::filesystem::filesystem_error& e) {
+      py::object error = py::reinterpret_borrow<py::object>(PyExc_OSError)(e.code().value(), message(e.what()));
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
     }
   });
 
@@ -80,7 +154,7 @@ void init_data(py::module_& m) {
         }
         py::list entries;
         for (const auto& e : map.entries) entries.append(entry_tuple(e, segmentation));
-        return py::make_tuple(entries, map.skipped);
+        return py::make_tuple(entries, messages(map.skipped));
       },
       py::arg("path"), py::arg("segmentation") = false, py::arg("num_classes") = -1, py::arg("skip_bad_lines") = false);
   d.def("write_image_folder_map", &write_image_folder_map, py::arg("root"), py::arg("map_path"),
@@ -106,9 +180,9 @@ void init_data(py::module_& m) {
            py::arg("scale"), py::arg("ratio"), py::arg("hflip_prob"))
       .def(
           "__call__",
-          [](const ClassificationTransform& self, const torch::Tensor& image, uint64_t seed) {
+          [](const ClassificationTransform& self, const torch::Tensor& image, const py::object& seed) {
+            auto generator = seeded(unsigned_arg(seed, "seed"));
             py::gil_scoped_release no_gil;
-            auto generator = seeded(seed);
             return self(image, generator);
           },
           py::arg("image"), py::arg("seed") = 0)
@@ -131,9 +205,10 @@ void init_data(py::module_& m) {
            py::arg("std"), py::arg("ignore_index"))
       .def(
           "__call__",
-          [](const SegmentationTransform& self, const torch::Tensor& image, const torch::Tensor& mask, uint64_t seed) {
+          [](const SegmentationTransform& self, const torch::Tensor& image, const torch::Tensor& mask,
+             const py::object& seed) {
+            auto generator = seeded(unsigned_arg(seed, "seed"));
             py::gil_scoped_release no_gil;
-            auto generator = seeded(seed);
             return self(image, mask, generator);
           },
           py::arg("image"), py::arg("mask"), py::arg("seed") = 0)
@@ -142,62 +217,71 @@ void init_data(py::module_& m) {
 
   py::class_<MapDataset, std::shared_ptr<MapDataset>>(d, "MapDataset")
       .def(py::init([](const std::string& map_file, std::shared_ptr<ClassificationTransform> transform,
-                       int64_t num_classes, uint64_t seed, bool skip_bad_lines) {
+                       int64_t num_classes, const py::object& seed, bool skip_bad_lines) {
+             auto options = MapDatasetOptions()
+                                .transform(std::move(transform))
+                                .num_classes(num_classes)
+                                .seed(unsigned_arg(seed, "seed"))
+                                .skip_bad_lines(skip_bad_lines);
              py::gil_scoped_release no_gil;
-             return std::make_shared<MapDataset>(map_file, MapDatasetOptions()
-                                                               .transform(std::move(transform))
-                                                               .num_classes(num_classes)
-                                                               .seed(seed)
-                                                               .skip_bad_lines(skip_bad_lines));
+             return std::make_shared<MapDataset>(map_file, std::move(options));
            }),
            py::arg("map_file"), py::arg("transform"), py::arg("num_classes"), py::arg("seed"),
            py::arg("skip_bad_lines"))
       .def("__len__", [](const MapDataset& self) { return *self.size(); })
       .def(
           "load",
-          [](const MapDataset& self, size_t index, uint64_t epoch) {
+          [](const MapDataset& self, size_t index, const py::object& epoch) {
+            const auto e = unsigned_arg(epoch, "epoch");
             py::gil_scoped_release no_gil;
-            auto example = self.load(index, epoch);
+            auto example = self.load(index, e);
             return std::make_pair(example.data, example.target);
           },
           py::arg("index"), py::arg("epoch") = 0)
       .def("describe", &MapDataset::describe)
-      .def_property_readonly("map_file", [](const MapDataset& self) { return self.map_file().path; })
+      .def_property_readonly("map_file", [](const MapDataset& self) { return fs_path(self.map_file().path); })
       .def_property_readonly("entries",
                              [](const MapDataset& self) {
                                py::list out;
                                for (const auto& e : self.map_file().entries) out.append(entry_tuple(e, false));
                                return out;
                              })
-      .def_property_readonly("skipped_lines", [](const MapDataset& self) { return self.map_file().skipped; });
+      .def_property_readonly("skipped_lines", [](const MapDataset& self) { return messages(self.map_file().skipped); });
 
   py::class_<SegmentationMapDataset, std::shared_ptr<SegmentationMapDataset>>(d, "SegmentationMapDataset")
-      .def(py::init([](const std::string& map_file, std::shared_ptr<SegmentationTransform> transform, uint64_t seed,
-                       bool skip_bad_lines) {
+      .def(py::init([](const std::string& map_file, std::shared_ptr<SegmentationTransform> transform,
+                       int64_t num_classes, int64_t ignore_index, const py::object& seed, bool skip_bad_lines) {
+             auto options = SegmentationMapDatasetOptions()
+                                .transform(std::move(transform))
+                                .num_classes(num_classes)
+                                .ignore_index(ignore_index)
+                                .seed(unsigned_arg(seed, "seed"))
+                                .skip_bad_lines(skip_bad_lines);
              py::gil_scoped_release no_gil;
-             return std::make_shared<SegmentationMapDataset>(
-                 map_file, SegmentationMapDatasetOptions().transform(std::move(transform)).seed(seed).skip_bad_lines(
-                               skip_bad_lines));
+             return std::make_shared<SegmentationMapDataset>(map_file, std::move(options));
            }),
-           py::arg("map_file"), py::arg("transform"), py::arg("seed"), py::arg("skip_bad_lines"))
+           py::arg("map_file"), py::arg("transform"), py::arg("num_classes"), py::arg("ignore_index"), py::arg("seed"),
+           py::arg("skip_bad_lines"))
       .def("__len__", [](const SegmentationMapDataset& self) { return *self.size(); })
       .def(
           "load",
-          [](const SegmentationMapDataset& self, size_t index, uint64_t epoch) {
+          [](const SegmentationMapDataset& self, size_t index, const py::object& epoch) {
+            const auto e = unsigned_arg(epoch, "epoch");
             py::gil_scoped_release no_gil;
-            auto example = self.load(index, epoch);
+            auto example = self.load(index, e);
             return std::make_pair(example.data, example.target);
           },
           py::arg("index"), py::arg("epoch") = 0)
       .def("describe", &SegmentationMapDataset::describe)
-      .def_property_readonly("map_file", [](const SegmentationMapDataset& self) { return self.map_file().path; })
+      .def_property_readonly("map_file", [](const SegmentationMapDataset& self) { return fs_path(self.map_file().path); })
       .def_property_readonly("entries",
                              [](const SegmentationMapDataset& self) {
                                py::list out;
                                for (const auto& e : self.map_file().entries) out.append(entry_tuple(e, true));
                                return out;
                              })
-      .def_property_readonly("skipped_lines", [](const SegmentationMapDataset& self) { return self.map_file().skipped; });
+      .def_property_readonly("skipped_lines",
+                             [](const SegmentationMapDataset& self) { return messages(self.map_file().skipped); });
 
   py::class_<LoaderEpoch>(d, "LoaderEpoch")
       .def(
@@ -209,19 +293,20 @@ void init_data(py::module_& m) {
               batch = self.next();
             }
             if (!batch) return py::none();
-            return py::make_tuple(py::cast(batch->fields), py::cast(batch->skipped), py::cast(batch->indices));
+            return py::make_tuple(py::cast(batch->fields), messages(batch->skipped), py::cast(batch->indices));
           })
       .def("close", &LoaderEpoch::close, py::call_guard<py::gil_scoped_release>())
       .def("__len__", &LoaderEpoch::num_batches);
 
   py::class_<ThreadedLoader>(d, "ThreadedLoader")
-      .def(py::init([](py::object dataset, int64_t batch_size, bool shuffle, int64_t num_workers, uint64_t seed,
-                       bool drop_last, bool pin_memory, int64_t prefetch_factor, bool skip_errors) {
+      .def(py::init([](py::object dataset, int64_t batch_size, bool shuffle, int64_t num_workers,
+                       const py::object& seed, bool drop_last, bool pin_memory, int64_t prefetch_factor,
+                       bool skip_errors) {
              auto options = LoaderOptions()
                                 .batch_size(batch_size)
                                 .shuffle(shuffle)
                                 .num_workers(num_workers)
-                                .seed(seed)
+                                .seed(unsigned_arg(seed, "seed"))
                                 .drop_last(drop_last)
                                 .pin_memory(pin_memory)
                                 .prefetch_factor(prefetch_factor)
@@ -237,7 +322,9 @@ void init_data(py::module_& m) {
            py::arg("dataset"), py::arg("batch_size"), py::arg("shuffle"), py::arg("num_workers"), py::arg("seed"),
            py::arg("drop_last"), py::arg("pin_memory"), py::arg("prefetch_factor"), py::arg("skip_errors"))
       .def("__len__", &ThreadedLoader::num_batches)
-      .def("epoch", &ThreadedLoader::epoch, py::arg("epoch"));
+      .def(
+          "epoch", [](const ThreadedLoader& self, const py::object& epoch) { return self.epoch(unsigned_arg(epoch, "epoch")); },
+          py::arg("epoch"));
 }
 
 }  // namespace torchtl::bindings

@@ -23,7 +23,8 @@ auto with_context(const std::string& context, F&& load) -> decltype(load()) {
 
 void check_index(size_t index, const MapFile& map) {
   if (index >= map.entries.size()) {
-    throw c10::IndexError("index " + std::to_string(index) + " is out of range for map file '" + map.path + "' with " +
+    throw c10::IndexError("index " + std::to_string(index) + " is out of range for map file '" + printable(map.path) +
+                          "' with " +
                           std::to_string(map.entries.size()) + " samples");
   }
 }
@@ -45,7 +46,7 @@ std::string MapDataset::describe(size_t index) const {
 torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
   check_index(index, map_);
   const auto& entry = map_.entries[index];
-  auto image = with_context(data::describe(map_, entry) + ", image '" + entry.path + "'", [&] {
+  auto image = with_context(data::describe(map_, entry) + ", image '" + printable(entry.path) + "'", [&] {
     torch::NoGradGuard no_grad;
     auto decoded = decode_rgb(read_file(entry.path));
     if (!options_.transform()) return decoded;
@@ -58,7 +59,10 @@ torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
 SegmentationMapDataset::SegmentationMapDataset(const std::string& map_file, SegmentationMapDatasetOptions options)
     : map_(read_map_file(map_file,
                          MapFileOptions().kind(MapKind::Segmentation).skip_bad_lines(options.skip_bad_lines()))),
-      options_(std::move(options)) {}
+      options_(std::move(options)) {
+  TORCH_CHECK_VALUE(options_.num_classes() == -1 || options_.num_classes() > 0,
+                    "num_classes must be positive (or -1: unchecked), got ", options_.num_classes());
+}
 
 std::string SegmentationMapDataset::describe(size_t index) const {
   check_index(index, map_);
@@ -69,14 +73,26 @@ torch::data::Example<> SegmentationMapDataset::load(size_t index, uint64_t epoch
   check_index(index, map_);
   const auto& entry = map_.entries[index];
   const auto where = data::describe(map_, entry);
+  const auto image_path = printable(entry.path), mask_path = printable(entry.target);
   torch::NoGradGuard no_grad;
-  auto image = with_context(where + ", image '" + entry.path + "'", [&] { return decode_rgb(read_file(entry.path)); });
-  auto mask = with_context(where + ", mask '" + entry.target + "'", [&] { return decode_mask(read_file(entry.target)); });
-  TORCH_CHECK_VALUE(mask.size(0) == image.size(1) && mask.size(1) == image.size(2), where, ": mask '", entry.target,
-                    "' is ", mask.size(0), " x ", mask.size(1), " but image '", entry.path, "' is ", image.size(1),
+  auto image = with_context(where + ", image '" + image_path + "'", [&] { return decode_rgb(read_file(entry.path)); });
+  auto mask = with_context(where + ", mask '" + mask_path + "'", [&] { return decode_mask(read_file(entry.target)); });
+  TORCH_CHECK_VALUE(mask.size(0) == image.size(1) && mask.size(1) == image.size(2), where, ": mask '", mask_path,
+                    "' is ", mask.size(0), " x ", mask.size(1), " but image '", image_path, "' is ", image.size(1),
                     " x ", image.size(2));
+  // Checked on the stored values, before any resize: one reduction over a mask that was just
+  // decoded, where the file can still be named (a loss only sees a batch of tensors).
+  const auto num_classes = options_.num_classes();
+  if (num_classes > 0 && mask.max().item<int64_t>() >= num_classes) {
+    auto bad = mask.ge(num_classes).logical_and_(mask.ne(options_.ignore_index()));
+    if (bad.any().item<bool>()) {
+      TORCH_CHECK_VALUE(false, where, ": mask '", mask_path, "' holds class ", mask.masked_select(bad).max().item<int64_t>(),
+                        " but num_classes=", num_classes, " (values must be below ", num_classes, " or ignore_index ",
+                        options_.ignore_index(), ")");
+    }
+  }
   if (!options_.transform()) return {image, mask.to(torch::kInt64)};
-  return with_context(where + ", image '" + entry.path + "'", [&]() -> torch::data::Example<> {
+  return with_context(where + ", image '" + image_path + "'", [&]() -> torch::data::Example<> {
     auto generator = sample_generator(options_.seed(), epoch, index);
     auto [x, m] = (*options_.transform())(image, mask, generator);
     return {x, m};

@@ -25,6 +25,10 @@ struct MapDatasetOptions {
 struct SegmentationMapDatasetOptions {
   // Null: (uint8 3 x H x W image, int64 H x W mask) as decoded.
   TORCH_ARG(std::shared_ptr<const SegmentationTransform>, transform) = nullptr;
+  // When positive, a mask value >= num_classes that is not ignore_index is an error naming the
+  // mask file (-1: unchecked).
+  TORCH_ARG(int64_t, num_classes) = -1;
+  TORCH_ARG(int64_t, ignore_index) = 255;
   TORCH_ARG(uint64_t, seed) = 0;
   TORCH_ARG(bool, skip_bad_lines) = false;
 };

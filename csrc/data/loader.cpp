@@ -2,7 +2,10 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <new>
 #include <sstream>
+
+#include <unistd.h>
 
 #include "data/transforms.h"
 
@@ -65,14 +68,43 @@ LoaderEpoch::LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size
       options_(std::move(options)),
       epoch_(epoch),
       num_batches_(count_batches(dataset_size, options_)),
-      window_(static_cast<size_t>(std::max<int64_t>(options_.num_workers(), 1) * options_.prefetch_factor())) {
+      window_(static_cast<size_t>(std::max<int64_t>(options_.num_workers(), 1) * options_.prefetch_factor())),
+      pid_(::getpid()) {
   order_ = sample_order(dataset_size, options_, epoch_);
-  for (int64_t i = 0; i < options_.num_workers(); ++i) workers_.emplace_back([this] { work(); });
+  try {
+    for (int64_t i = 0; i < options_.num_workers(); ++i) workers_.emplace_back([this] { work(); });
+  } catch (const std::exception& e) {
+    // The threads already started must be joined before they are destroyed (else std::terminate).
+    const auto started = workers_.size();
+    close();
+    TORCH_CHECK(false, "could not start loader thread ", started + 1, " of num_workers=", options_.num_workers(), " (",
+                e.what(), "); use fewer workers");
+  }
 }
 
 LoaderEpoch::~LoaderEpoch() { close(); }
 
+void LoaderEpoch::check_same_process() const {
+  TORCH_CHECK(options_.num_workers() == 0 || ::getpid() == pid_,
+              "a loader iterator cannot be used in a forked child process: its worker threads stay in the parent; "
+              "create a new iterator (iter(loader)) in the child");
+}
+
 void LoaderEpoch::close() {
+  std::lock_guard<std::mutex> closing(close_mutex_);
+  if (::getpid() != pid_ && options_.num_workers() > 0) {
+    // In a forked child the workers do not exist: joining would wait forever. The copied mutex
+    // and condition variables still count them (one may hold mutex_; notifying or destroying a
+    // condition variable they waited on blocks for good), so they start afresh here, as
+    // pthread_atfork child handlers re-initialise their locks.
+    for (auto& worker : workers_) worker.detach();
+    workers_.clear();
+    new (&mutex_) std::mutex();
+    new (&ready_) std::condition_variable();
+    new (&room_) std::condition_variable();
+    stop_ = true;
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
@@ -167,31 +199,41 @@ Batch LoaderEpoch::collate(std::vector<std::vector<torch::Tensor>>& samples, std
 }
 
 std::optional<Batch> LoaderEpoch::next() {
+  check_same_process();
   // Messages of skipped samples whose whole batch was skipped ride on the next batch handed out.
   std::vector<std::string> carried;
+  auto end_of_epoch = [&]() -> std::optional<Batch> {
+    if (carried.empty()) return std::nullopt;
+    return Batch{{}, {}, std::move(carried)};
+  };
   while (true) {
     Result result;
     {
       std::unique_lock<std::mutex> lock(mutex_);
+      // Exhaustion first: a thread that finds the epoch ended (and closed) by another one sharing
+      // the iterator gets the end, not an error.
+      if (next_to_hand_out_ >= num_batches_) return end_of_epoch();
       TORCH_CHECK(!stop_, "this loader epoch was closed");
-      if (next_to_hand_out_ >= num_batches_) {
-        if (carried.empty()) return std::nullopt;
-        return Batch{{}, {}, std::move(carried)};
-      }
       if (options_.num_workers() == 0) {
+        // Claimed before loading, so threads sharing this epoch never load the same batch.
+        const size_t b = next_to_hand_out_++;
         lock.unlock();
-        result = load_batch(next_to_hand_out_);
-        lock.lock();
+        result = load_batch(b);
       } else {
-        ready_.wait(lock, [&] { return stop_ || results_.count(next_to_hand_out_) > 0; });
+        ready_.wait(lock, [&] {
+          return stop_ || next_to_hand_out_ >= num_batches_ || results_.count(next_to_hand_out_) > 0;
+        });
+        if (next_to_hand_out_ >= num_batches_) return end_of_epoch();
         TORCH_CHECK(!stop_, "this loader epoch was closed");
         auto it = results_.find(next_to_hand_out_);
         result = std::move(it->second);
         results_.erase(it);
+        ++next_to_hand_out_;
       }
-      ++next_to_hand_out_;
     }
     room_.notify_all();
+    // Other threads sharing this epoch may wait for the batch just taken: they now want the next.
+    ready_.notify_all();
     if (result.error) std::rethrow_exception(result.error);
     if (result.batch.fields.empty()) {
       carried.insert(carried.end(), result.batch.skipped.begin(), result.batch.skipped.end());
@@ -205,7 +247,8 @@ std::optional<Batch> LoaderEpoch::next() {
 ThreadedLoader::ThreadedLoader(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options)
     : load_(std::move(load)), describe_(std::move(describe)), dataset_size_(dataset_size), options_(std::move(options)) {
   TORCH_CHECK_VALUE(options_.batch_size() > 0, "batch_size must be positive, got ", options_.batch_size());
-  TORCH_CHECK_VALUE(options_.num_workers() >= 0, "num_workers must be >= 0, got ", options_.num_workers());
+  TORCH_CHECK_VALUE(options_.num_workers() >= 0 && options_.num_workers() <= kMaxLoaderWorkers,
+                    "num_workers must be between 0 and ", kMaxLoaderWorkers, ", got ", options_.num_workers());
   TORCH_CHECK_VALUE(options_.prefetch_factor() > 0, "prefetch_factor must be positive, got ",
                     options_.prefetch_factor());
 }

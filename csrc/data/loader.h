@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/types.h>
+
 namespace torchtl::data {
 
 // Loads sample `index` for `epoch` as a list of tensors (e.g. image, label); must be thread-safe.
@@ -24,10 +26,14 @@ using SampleFn = std::function<std::vector<torch::Tensor>(size_t index, uint64_t
 // Names sample `index` in collation errors ("map file 'x', line N").
 using DescribeFn = std::function<std::string(size_t index)>;
 
+// More loader threads than this are refused: each one holds a batch in memory, and past a few
+// thousand, thread creation itself fails.
+constexpr int64_t kMaxLoaderWorkers = 1024;
+
 struct LoaderOptions {
   TORCH_ARG(int64_t, batch_size) = 1;
   TORCH_ARG(bool, shuffle) = false;
-  // 0 loads on the calling thread.
+  // 0 loads on the calling thread; at most kMaxLoaderWorkers.
   TORCH_ARG(int64_t, num_workers) = 2;
   // Fixes the shuffling order of every epoch (with the epoch number).
   TORCH_ARG(uint64_t, seed) = 0;
@@ -49,7 +55,10 @@ struct Batch {
 };
 
 // One pass over the data. The worker threads live exactly as long as this object (or until
-// close()), so breaking out of a loop, an exception or garbage collection stops them.
+// close()), so breaking out of a loop, an exception or garbage collection stops them. Any number
+// of threads may call next() at once: each batch is handed out exactly once. A process forked
+// from the one that created the epoch cannot use it (its worker threads did not survive the
+// fork): next() there throws instead of waiting forever.
 class LoaderEpoch {
  public:
   LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options, uint64_t epoch);
@@ -58,7 +67,8 @@ class LoaderEpoch {
   LoaderEpoch& operator=(const LoaderEpoch&) = delete;
 
   // The next batch in order; nullopt after the last. A sample's error is re-thrown here, on the
-  // batch that hit it, with its type; the epoch can go on after it.
+  // batch that hit it, with its type; the epoch can go on after it. Throws if the epoch was
+  // closed before its end, or in a forked child.
   std::optional<Batch> next();
   // Stops and joins the workers; idempotent.
   void close();
@@ -70,6 +80,7 @@ class LoaderEpoch {
     std::exception_ptr error;
   };
   void work();
+  void check_same_process() const;
   Result load_batch(size_t b);
   Batch collate(std::vector<std::vector<torch::Tensor>>& samples, std::vector<int64_t> indices,
                 std::vector<std::string> skipped) const;
@@ -81,6 +92,8 @@ class LoaderEpoch {
   std::vector<int64_t> order_;
   size_t num_batches_;
   size_t window_;
+  // The process that started the workers; a forked child has another pid.
+  const pid_t pid_;
 
   std::mutex mutex_;
   std::condition_variable ready_;  // a result arrived
@@ -89,6 +102,7 @@ class LoaderEpoch {
   size_t next_to_load_ = 0;
   size_t next_to_hand_out_ = 0;
   bool stop_ = false;
+  std::mutex close_mutex_;  // serialises close(): two threads must not join the same worker
   std::vector<std::thread> workers_;
 };
 

@@ -16,6 +16,17 @@ class FileNotFoundError : public c10::Error {
   explicit FileNotFoundError(std::string msg) : c10::Error(std::move(msg)) {}
 };
 
+// Thrown where a file is expected but a folder is found; Python sees IsADirectoryError.
+class IsADirectoryError : public c10::Error {
+ public:
+  explicit IsADirectoryError(std::string msg) : c10::Error(std::move(msg)) {}
+};
+
+// Paths are bytes on Linux and a map file holds them as the file system stores them, so they
+// need not be UTF-8 (Python shows them as os.fsdecode does). Every error message shows a path or
+// field through printable(): bytes that are not valid UTF-8, and control characters, as \xNN.
+std::string printable(const std::string& text);
+
 enum class MapKind { Classification, Segmentation };
 
 struct MapEntry {
@@ -44,7 +55,8 @@ struct MapFile {
 // Reads and validates a map file. Paths are relative to the map file's folder unless absolute;
 // blank lines and lines starting with '#' are skipped; CRLF line ends and a UTF-8 BOM are
 // accepted; fields are split on tabs only, so paths may contain spaces. Throws one error that
-// lists every bad line (FileNotFoundError when all of them are missing files, else ValueError).
+// lists every bad line (FileNotFoundError when all of them are missing files, else ValueError);
+// IsADirectoryError when `path` is a folder, ValueError for UTF-16/32 text.
 MapFile read_map_file(const std::string& path, const MapFileOptions& options = {});
 
 // "line N" prefix used by every error about an entry, so messages read the same everywhere.
@@ -56,7 +68,8 @@ const std::vector<std::string>& image_extensions();
 // ImageFolder tree (root/class_x/xxx.jpg) -> map file + classes file (one class name a line,
 // line i = class i). Classes and files are sorted as torchvision.datasets.ImageFolder sorts
 // them, so label i means the same class in both. Paths are written relative to the map file's
-// folder when possible. Returns the number of samples written.
+// folder when possible. Both files are written whole or not at all (a temporary file renamed
+// over the old one). Returns the number of samples written.
 int64_t write_image_folder_map(const std::string& root, const std::string& map_path, const std::string& classes_path);
 
 // VOC tree (JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt)

@@ -52,6 +52,16 @@ StateDict from_pickled(const c10::IValue& value, const std::string& path) {
       auto it = dict.find(c10::IValue(std::string(key)));
       if (it != dict.end() && it->value().isGenericDict()) return from_pickled(it->value(), path);
     }
+    // A state dict with a stray value: name it, rather than calling the whole dict no state dict.
+    bool has_tensor = false;
+    for (const auto& entry : dict) has_tensor = has_tensor || entry.value().isTensor();
+    for (const auto& entry : dict) {
+      if (!has_tensor) break;
+      TORCH_CHECK_VALUE(entry.key().isString(), "'", path, "' holds a state dict with a ", entry.key().tagKind(),
+                        " key, not a name");
+      TORCH_CHECK_VALUE(entry.value().isTensor(), "'", path, "': state dict key '", entry.key().toStringRef(),
+                        "' holds a ", entry.value().tagKind(), ", not a tensor");
+    }
     TORCH_CHECK_VALUE(false, "'", path, "' holds a dict that is neither a state dict (names to tensors) nor a ",
                       "checkpoint with one under 'model' or 'state_dict'");
   }
