@@ -1,6 +1,6 @@
 """torchtl: torchvision's ResNet, FCN and DeepLabV3 in C++ (LibTorch), driven from Python."""
 import torch  # noqa: F401  (loads libtorch before the extension)
-import torchvision  # noqa: F401  (registers torchvision's image ops for the C++ decoder)
+import torchvision  # noqa: F401  (registers torchvision's image ops, the decoders' fallback without TorchCodec)
 
 from torchtl import _C  # noqa: F401
 from torchtl import data, engine, models, reference, segmentation

@@ -93,7 +93,7 @@ void write_text(const std::string& path, const std::string& text) {
 }  // namespace
 
 const std::vector<std::string>& image_extensions() {
-  static const std::vector<std::string> extensions{".jpg", ".jpeg", ".png", ".webp"};
+  static const std::vector<std::string> extensions{".jpg", ".jpeg", ".png", ".webp", ".bmp"};
   return extensions;
 }
 
@@ -231,7 +231,7 @@ int64_t write_image_folder_map(const std::string& root, const std::string& map_p
   if (!empty_classes.empty()) {
     std::ostringstream names;
     for (size_t i = 0; i < empty_classes.size(); ++i) names << (i ? ", " : "") << empty_classes[i];
-    TORCH_CHECK_VALUE(false, "image folder '", root, "': no images (", "jpg, jpeg, png, webp", ") in class folder",
+    TORCH_CHECK_VALUE(false, "image folder '", root, "': no images (", "jpg, jpeg, png, webp, bmp", ") in class folder",
                       empty_classes.size() == 1 ? " " : "s ", names.str());
   }
   write_text(map_path, map_text.str());
