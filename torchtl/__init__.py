@@ -6,8 +6,8 @@ __all__ = ["data", "engine", "models", "reference", "segmentation", "load_weight
            "WeightsMismatchError", "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"]
 
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
-# loading torch (seconds). The library loads on first use, torch and torchvision (whose image ops
-# the C++ decoder calls) always before the extension.
+# loading torch (seconds). The library loads on first use, torch and torchvision always before the
+# extension.
 _SUBMODULES = {"_C", "compare", "data", "demo_data", "engine", "fast_path", "models", "reference", "segmentation",
                "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
@@ -18,7 +18,7 @@ def __getattr__(name):
     if name in _SUBMODULES:
         if name == "_C":
             import torch  # noqa: F401  (loads libtorch before the extension)
-            import torchvision  # noqa: F401  (registers torchvision's image ops for the C++ decoder)
+            import torchvision  # noqa: F401  (registers torchvision's image ops, the decoders' fallback without TorchCodec)
         return importlib.import_module(f"torchtl.{name}")
     if name in _WEIGHTS:
         return getattr(importlib.import_module("torchtl.weights"), name)

@@ -2,7 +2,7 @@
 
 A map file lists one sample a line: ``path<TAB>class_index`` for classification or
 ``image<TAB>mask`` for segmentation, paths relative to the map file's folder. Images are decoded
-by torchvision's own C++ ops in loader threads that never take the GIL, and the transforms
+by TorchCodec's C++ ops in loader threads that never take the GIL, and the transforms
 reproduce ``torchvision.transforms.v2`` (a transform seeded with ``s`` returns what v2 returns
 after ``torch.manual_seed(s)``)::
 
@@ -13,6 +13,7 @@ after ``torch.manual_seed(s)``)::
 """
 from __future__ import annotations
 
+import importlib.util
 import operator
 import os
 import sys
@@ -26,6 +27,22 @@ from torchtl import _C
 
 _D = _C.data
 
+
+def _load_image_ops() -> None:
+    # TorchCodec's image library, found without importing torchcodec (whose import also probes
+    # for FFmpeg); $TORCHTL_TORCHCODEC_LIBRARY, when set, wins. Where it cannot be loaded (an
+    # older torch), torchvision's deprecated image ops decode instead: said once, here.
+    library = ""
+    spec = importlib.util.find_spec("torchcodec")
+    if spec is not None and spec.submodule_search_locations and not os.environ.get("TORCHTL_TORCHCODEC_LIBRARY"):
+        library = os.path.join(list(spec.submodule_search_locations)[0], "libtorchcodec_image.so")
+    reason = _D.load_image_ops(library)
+    if reason:
+        warnings.warn(f"torchtl decodes images with torchvision's deprecated image ops: {reason}", stacklevel=3)
+
+
+_load_image_ops()
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -35,6 +52,7 @@ __all__ = [
     "classes_path_for",
     "find_classes_file",
     "read_image",
+    "read_jpegs",
     "read_mask",
     "classification_transform",
     "segmentation_transform",
@@ -128,6 +146,15 @@ def write_map_file(root, map_path, *, layout: str = "auto", split: str = "train"
 def read_image(path) -> torch.Tensor:
     """uint8 3 x H x W RGB, EXIF orientation applied: what the datasets decode."""
     return _D.read_image(_fs(path))
+
+
+def read_jpegs(paths, device="cuda") -> list[torch.Tensor]:
+    """JPEG files decoded in one batch on a CUDA device (nvJPEG): uint8 3 x H x W RGB tensors on
+    ``device``, the pixels ``read_image`` gives up to nvJPEG's IDCT."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"read_jpegs decodes on a CUDA device, got {device}; use read_image on the CPU")
+    return _D.read_jpegs([os.fspath(p) for p in paths], device)
 
 
 def read_mask(path) -> torch.Tensor:

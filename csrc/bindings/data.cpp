@@ -126,6 +126,14 @@ void init_data(py::module_& m) {
   });
 
   d.def("image_ops_available", &image_ops_available);
+  // The choice of decoders, made once: "" when TorchCodec's decode, else why torchvision's do.
+  d.def(
+      "load_image_ops",
+      [](const std::string& library) {
+        load_image_ops(library);
+        return image_backend_fallback_reason();
+      },
+      py::arg("library") = "", py::call_guard<py::gil_scoped_release>());
   d.def(
       "read_image",
       [](const std::string& path) {
@@ -133,6 +141,18 @@ void init_data(py::module_& m) {
         return decode_rgb(read_file(path));
       },
       py::arg("path"));
+  d.def(
+      "read_jpegs",
+      [](const std::vector<std::string>& paths, const c10::Device& device) {
+        py::gil_scoped_release no_gil;
+        std::vector<torch::Tensor> bytes;
+        for (const auto& path : paths) {
+          bytes.push_back(read_file(path));
+          TORCH_CHECK_VALUE(is_jpeg(bytes.back()), "'", path, "' is not a JPEG file; read it with read_image");
+        }
+        return decode_jpegs_rgb(bytes, device);
+      },
+      py::arg("paths"), py::arg("device"));
   d.def(
       "read_mask",
       [](const std::string& path) {

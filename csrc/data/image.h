@@ -1,34 +1,52 @@
 #pragma once
-// Image decoding with torchvision's own C++ ops (libjpeg-turbo, libpng, libwebp inside the
-// torchvision wheel), reached through the c10 dispatcher: no decoder of ours, and the exact
-// pixels torchvision.io.decode_image returns. Safe to call from any thread without the GIL.
+// Image decoding with TorchCodec's C++ ops (libjpeg-turbo, libpng, libwebp, giflib inside the
+// torchcodec wheel), reached through the c10 dispatcher, plus a small BMP reader of our own
+// (TorchCodec has no BMP decoder). Where TorchCodec's library cannot be loaded (an older torch),
+// torchvision's image ops, when registered, decode instead. Safe to call from any thread without
+// the GIL.
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 namespace torchtl::data {
 
-// torchvision.io.ImageReadMode values.
+// torchvision.io.ImageReadMode values, which TorchCodec's ops take too.
 enum class ReadMode : int64_t { Unchanged = 0, Gray = 1, GrayAlpha = 2, RGB = 3, RGBAlpha = 4 };
 
-// Makes torchvision's image ops available to this process, or throws an error naming the ways
-// to provide them. A no-op when they are registered already (in Python, `import torchvision`
-// registers them). Otherwise torchvision's image library is loaded from `library`, else
-// $TORCHTL_TORCHVISION_LIBRARY, else the path CMake found beside the configuring Python's
-// torchvision. Decoding calls this itself; thread-safe.
-void load_image_ops(const std::string& library = "");
+enum class ImageBackend { TorchCodec, TorchVision };
 
-// True when torchvision's image ops are registered or load_image_ops() can load them.
+// Chooses the decoders, once per process, and returns the choice. TorchCodec's ops when they are
+// registered already (in Python, `import torchcodec`), else its image library
+// (libtorchcodec_image.so, which links torch but not libpython) is loaded from `library`, else
+// $TORCHTL_TORCHCODEC_LIBRARY, else the path CMake found. When that fails and torchvision's image
+// ops are registered (in Python, `import torchvision`), those decode instead, and
+// image_backend_fallback_reason() says why. $TORCHTL_IMAGE_BACKEND=torchcodec|torchvision forces
+// one. Throws, naming what was tried, when neither can decode. Decoding calls this itself (and
+// then warns once about a fallback); thread-safe.
+ImageBackend load_image_ops(const std::string& library = "");
+
+// Why torchvision's ops decode instead of TorchCodec's; empty when TorchCodec's do.
+std::string image_backend_fallback_reason();
+
+// True when load_image_ops() succeeds.
 bool image_ops_available();
 
-// The file's bytes as a 1-D uint8 tensor (torchvision's image::read_file). Missing files throw
-// FileNotFoundError naming the path.
+// The file's bytes as a 1-D uint8 tensor. Missing files throw FileNotFoundError naming the path.
 torch::Tensor read_file(const std::string& path);
+
+// True when `data` starts like a JPEG file (what decode_jpegs_rgb takes).
+bool is_jpeg(const torch::Tensor& data);
 
 // 3 x H x W uint8 RGB, EXIF orientation applied, as torchvision.io.decode_image(data,
 // ImageReadMode.RGB, apply_exif_orientation=True) followed by v2.ToDtype(uint8, scale=True)
-// for 16-bit PNGs. Gray, RGBA and palette inputs are converted to RGB.
+// for 16-bit PNGs. JPEG (also gray and CMYK), PNG (gray, palette, alpha, 16 bit), WebP, GIF (the
+// first frame) and BMP (uncompressed 1/4/8-bit palette, 16, 24 and 32 bit); anything else throws
+// a ValueError saying so.
 torch::Tensor decode_rgb(const torch::Tensor& data);
+
+// A batch of JPEGs decoded on `device` (CUDA, nvJPEG) as decode_rgb decodes each on the CPU.
+std::vector<torch::Tensor> decode_jpegs_rgb(const std::vector<torch::Tensor>& data, const torch::Device& device);
 
 // H x W class indices (uint8, or int32 for 16-bit PNGs), exactly the stored values: palette
 // indices for palette PNGs, gray values for gray PNGs; never colour-converted. Masks that

@@ -1,5 +1,5 @@
-// Writes a tiny image data set for the example programs' ctest runs, with torchvision's own PNG
-// encoder (loaded the way every C++ program of torchtl loads torchvision's image ops), so the
+// Writes a tiny image data set for the example programs' ctest runs, with TorchCodec's PNG
+// encoder (loaded the way every C++ program of torchtl loads TorchCodec's image ops), so the
 // tests need no Python:
 //
 //   make_image_data DIR
@@ -23,12 +23,9 @@ namespace {
 
 void write_png(const torch::Tensor& image, const fs::path& path) {
   static auto encode = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("image::encode_png", "")
-                           .typed<at::Tensor(const at::Tensor&, int64_t)>();
-  static auto write = c10::Dispatcher::singleton()
-                          .findSchemaOrThrow("image::write_file", "")
-                          .typed<at::Tensor(std::string, const at::Tensor&)>();
-  write.call(path.string(), encode.call(image.contiguous(), 6));
+                           .findSchemaOrThrow("torchcodec_ns::encode_png_to_file", "")
+                           .typed<void(const at::Tensor&, std::string, int64_t)>();
+  encode.call(image.contiguous(), path.string(), 6);
 }
 
 // 3 x size x size: a red (label 0) or blue (label 1) picture with noise.
