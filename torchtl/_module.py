@@ -276,7 +276,8 @@ class _Tree:
     def _adopt(self, node: _Node) -> bool:
         """Hands C++ the tensors now in ``node.py``'s slots; False if C++ cannot take them."""
         py = node.py
-        params, buffers = py._parameters, py._buffers
+        params = {n: t for n, t in py._parameters.items() if t is not None}
+        buffers = {n: t for n, t in py._buffers.items() if t is not None}
         held = {n: t for n, t in node.cpp.named_parameters()}
         held_buffers = {n: t for n, t in node.cpp.named_buffers()}
         if set(params) != set(held) or set(buffers) != set(held_buffers):
@@ -414,7 +415,7 @@ class _Mirror:
         try:
             cpp = to_cpp(module)
             self._cpp_module.replace_child(name, cpp)
-        except TypeError:
+        except (TypeError, ValueError):
             cpp = None  # C++ has no twin for it (or not in this slot): it runs in Python
         if cpp is not None:
             for p_name, p in list(module._parameters.items()):

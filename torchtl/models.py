@@ -9,10 +9,12 @@ model, a state dict, a ``torch.save`` path, a traced/scripted archive path, or a
 """
 from __future__ import annotations
 
+import warnings
+
 import torchvision
 from torch import nn
 from torchvision.models import resnet as _tv
-from torchvision.models._utils import _ovewrite_named_param, handle_legacy_interface
+from torchvision.models._utils import _ovewrite_named_param
 from torchvision.ops import FrozenBatchNorm2d
 
 from torchtl import _C
@@ -161,11 +163,28 @@ _BUILDERS = {
 }
 
 
+def legacy_pretrained(kwargs: dict, weights, legacy: str, new: str, default):
+    """torchvision's deprecated ``pretrained=``-style argument: a warning, then ``default`` weights if true.
+
+    (torchvision's own decorator would also turn a model or state dict passed as weights into its
+    ImageNet weights, so torchtl handles only the legacy keyword.)
+    """
+    if legacy not in kwargs:
+        return weights
+    warnings.warn(f"The parameter '{legacy}' is deprecated since 0.13 and may be removed in the future, "
+                  f"please use '{new}' instead.", stacklevel=3)
+    if kwargs.pop(legacy):
+        if weights is not None:
+            raise ValueError(f"give either {legacy}=True or {new}=, not both")
+        return default
+    return weights
+
+
 def _builder(arch: str):
     weights_enum, fixed = _BUILDERS[arch]
 
-    @handle_legacy_interface(weights=("pretrained", getattr(_tv, weights_enum).IMAGENET1K_V1))
     def build(*, weights=None, progress: bool = True, **kwargs) -> ResNet:
+        weights = legacy_pretrained(kwargs, weights, "pretrained", "weights", getattr(_tv, weights_enum).IMAGENET1K_V1)
         for name, value in fixed.items():
             _ovewrite_named_param(kwargs, name, value)
         return _resnet(arch, weights, kwargs)

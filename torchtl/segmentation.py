@@ -16,13 +16,13 @@ from collections import OrderedDict
 import torchvision
 from torch import nn
 from torchvision.models import _utils as _tv_utils
-from torchvision.models._utils import handle_legacy_interface
 from torchvision.models.segmentation import deeplabv3 as _tv_deeplabv3
 from torchvision.models.segmentation import fcn as _tv_fcn
 
 from torchtl import _C
 from torchtl._module import Model, _Mirror, wrap
 from torchtl.models import _CLASSES as _RESNET_CLASSES
+from torchtl.models import legacy_pretrained
 from torchtl.weights import WeightsMismatchError, load_pretrained, read_state_dict
 
 __all__ = ["deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"]
@@ -153,10 +153,11 @@ def _builder(kind: str, backbone: str):
     weights_enum = getattr(module, f"{'DeepLabV3' if kind == 'deeplabv3' else 'FCN'}_ResNet{backbone[6:]}_Weights")
     backbone_enum = getattr(torchvision.models, f"ResNet{backbone[6:]}_Weights")
 
-    @handle_legacy_interface(weights=("pretrained", weights_enum.COCO_WITH_VOC_LABELS_V1),
-                             weights_backbone=("pretrained_backbone", backbone_enum.IMAGENET1K_V1))
     def build(*, weights=None, progress: bool = True, num_classes: int | None = None, aux_loss: bool | None = None,
               weights_backbone=None, **kwargs) -> _SegmentationModel:
+        weights = legacy_pretrained(kwargs, weights, "pretrained", "weights", weights_enum.COCO_WITH_VOC_LABELS_V1)
+        weights_backbone = legacy_pretrained(kwargs, weights_backbone, "pretrained_backbone", "weights_backbone",
+                                             backbone_enum.IMAGENET1K_V1)
         if kwargs:
             # torchvision accepts and ignores these; torchtl says so instead of ignoring them.
             raise TypeError(f"{kind}_{backbone}() got an unexpected keyword argument '{next(iter(kwargs))}' "
