@@ -1,26 +1,54 @@
 """The Python face of a C++ module tree.
 
-A torchtl model is an ordinary ``torch.nn.Module`` whose tree mirrors the C++ one: containers
-(ResNet, BasicBlock, Sequential, ...) are thin classes whose ``forward`` runs in C++, and leaves
-are genuine ``torch.nn`` layers (Conv2d, BatchNorm2d, Linear, ...) whose parameters and buffers
-are the C++ module's own tensors. So ``state_dict()``, optimizers, hooks on parameters,
-``requires_grad_``, ``to()``, ``train()``/``eval()`` and ``print`` behave as on torchvision's model.
+A torchtl model is an ordinary ``torch.nn.Module`` whose tree mirrors the C++ one. Containers are
+torchvision's own classes (``ResNet``, ``BasicBlock``, ``Bottleneck``, ``IntermediateLayerGetter``,
+``DeepLabHead``, ``ASPP``, ...; subclassed, not rewritten), and leaves are genuine ``torch.nn``
+layers (and ``torchvision.ops.FrozenBatchNorm2d``) whose parameters and buffers are the C++
+module's own tensors, the same objects. So ``state_dict()``, optimizers, ``to()``,
+``train()``/``eval()`` and ``print`` behave as on torchvision's model.
 
-Assigning a ``torch.nn`` module to a child (``model.fc = nn.Linear(512, 2)``) builds the C++
-equivalent around the very same tensors and swaps it into the C++ tree; the assigned module
-then serves as the mirror, so ``model.fc is the_linear_you_assigned``.
+Which forward runs:
+
+- **C++** for a plain call (``model(x)`` or ``model.layer1(x)``) when the C++ tree computes exactly
+  what torchvision's Python code would: the input is a plain ``torch.Tensor``; nothing is tracing,
+  scripting, compiling or exporting; no global module hooks and no ``__torch_function__`` mode or
+  ``torch.func`` transform are active; and below the module called, no module has forward,
+  pre-forward or backward hooks, no module changed class (``nn.utils.parametrize``), no child was
+  replaced by something C++ does not hold (``_modules[...] = ...``, ``quantize_dynamic``,
+  ``m.fc = None``, ``del m.fc``, a layer C++ has no twin for), and no option the forward reads
+  (stride, eps, inplace, ...) changed. Hooks on the called module itself fire as usual. A tensor
+  put in place of a parameter or buffer (``m.fc.weight = nn.Parameter(...)``, or the tensors of
+  ``torch.func.functional_call``) is handed to C++ before the call when it has the same shape, so
+  gradients reach the tensor that was put there.
+- **Python**, torchvision's own ``forward`` over the same tensors, in every other case: hooks fire at
+  every depth, parametrizations apply, replaced children run, and fx (``symbolic_trace``,
+  ``create_feature_extractor``), ``torch.jit.trace``, ``torch.compile`` (``fullgraph=True`` too) and
+  ``torch.export`` see every operation and hold the weights as parameters.
+- ``torch.jit.script`` compiles torchvision's own classes holding the same tensors
+  (``__prepare_scriptable__``).
+
+Assigning a layer to a child (``model.fc = nn.Linear(512, 2)``) builds the C++ equivalent around
+the very same tensors when C++ has one; otherwise the layer runs in Python. The C++ training loops
+(``torchtl.engine``) take ``model._cpp``, which raises when the C++ tree cannot stand for the
+Python one (a child only Python holds, hooks that C++ would not fire).
 """
 from __future__ import annotations
 
+import operator
+from collections import OrderedDict
+
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
+from torchvision.ops import FrozenBatchNorm2d
 
 from torchtl import _C
 
-# torch.nn leaves and how to rebuild each from the C++ module's options.
+# torch.nn leaves C++ builds, by the C++ type name.
 _LEAF_TYPES = {
     "Conv2d": nn.Conv2d,
     "BatchNorm2d": nn.BatchNorm2d,
+    "FrozenBatchNorm2d": FrozenBatchNorm2d,
     "Linear": nn.Linear,
     "ReLU": nn.ReLU,
     "MaxPool2d": nn.MaxPool2d,
@@ -28,6 +56,22 @@ _LEAF_TYPES = {
     "Dropout": nn.Dropout,
     "Identity": nn.Identity,
     "Flatten": nn.Flatten,
+}
+
+# What each leaf's forward reads besides its tensors. C++ holds its own copy of these, so a change
+# on the Python side sends the call to Python.
+_FORWARD_OPTIONS = {
+    nn.Conv2d: ("stride", "padding", "dilation", "groups", "padding_mode"),
+    nn.BatchNorm2d: ("eps", "momentum", "track_running_stats"),
+    nn.SyncBatchNorm: ("eps", "momentum", "track_running_stats", "process_group"),
+    FrozenBatchNorm2d: ("eps",),
+    nn.Linear: (),
+    nn.ReLU: ("inplace",),
+    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    nn.AdaptiveAvgPool2d: ("output_size",),
+    nn.Dropout: ("p", "inplace"),
+    nn.Identity: (),
+    nn.Flatten: ("start_dim", "end_dim"),
 }
 
 
@@ -44,7 +88,7 @@ def _scalar_if_uniform(values):
     return values[0] if len(set(values)) == 1 else tuple(values)
 
 
-def _leaf_from_cpp(type_name: str, options: dict, cpp) -> nn.Module:
+def _leaf_from_cpp(type_name: str, options: dict, cpp, leaf_classes: dict) -> nn.Module:
     o = dict(options)
     if type_name == "BatchNorm2d":
         o.setdefault("momentum", None)
@@ -52,11 +96,11 @@ def _leaf_from_cpp(type_name: str, options: dict, cpp) -> nn.Module:
         o = {k: _scalar_if_uniform(v) if isinstance(v, list) else v for k, v in o.items()}
     if type_name in ("Conv2d", "AdaptiveAvgPool2d"):
         o = {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()}
-    cls = _LEAF_TYPES[type_name]
+    cls = leaf_classes.get(type_name, _LEAF_TYPES[type_name])
     takes_device = type_name in ("Conv2d", "BatchNorm2d", "Linear")
     # Built on the meta device (no allocation), then handed the C++ tensors.
     leaf = cls(**o, device="meta") if takes_device else cls(**o)
-    for name, _ in list(leaf._parameters.items()):
+    for name in list(leaf._parameters):
         leaf._parameters[name] = None
     for name, tensor in cpp.named_parameters():
         leaf._parameters[name] = _as_parameter(tensor)
@@ -67,12 +111,14 @@ def _leaf_from_cpp(type_name: str, options: dict, cpp) -> nn.Module:
 
 def _leaf_options(module: nn.Module) -> tuple[str, dict]:
     """The C++ constructor arguments for a torch.nn leaf (the inverse of _leaf_from_cpp)."""
-    for type_name, cls in _LEAF_TYPES.items():
-        if type(module) is cls or (isinstance(module, cls) and type(module).forward is cls.forward):
-            break
+    kind = type(module)
+    if kind is nn.SyncBatchNorm:  # one process: the C++ BatchNorm2d computes the same
+        type_name = "BatchNorm2d"
     else:
-        supported = ", ".join(list(_LEAF_TYPES) + ["Sequential"])
-        raise TypeError(f"torchtl can move {type(module).__name__} into C++ only if it is one of: {supported}")
+        type_name = next((name for name, cls in _LEAF_TYPES.items() if kind is cls), None)
+    if type_name is None:
+        supported = ", ".join(list(_LEAF_TYPES) + ["SyncBatchNorm", "Sequential"])
+        raise TypeError(f"torchtl has no C++ {kind.__name__}; C++ holds: {supported}")
 
     def ints(v):
         return list(v) if isinstance(v, (tuple, list)) else [v, v]
@@ -90,11 +136,15 @@ def _leaf_options(module: nn.Module) -> tuple[str, dict]:
         if m.momentum is not None:
             o["momentum"] = float(m.momentum)
         return type_name, o
+    if type_name == "FrozenBatchNorm2d":
+        return type_name, dict(num_features=int(m.weight.shape[0]), eps=float(m.eps))
     if type_name == "Linear":
         return type_name, dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)
     if type_name == "ReLU":
         return type_name, dict(inplace=m.inplace)
     if type_name == "MaxPool2d":
+        if m.return_indices:
+            raise TypeError("torchtl's C++ MaxPool2d does not return indices")
         stride = m.stride if m.stride is not None else m.kernel_size
         return type_name, dict(kernel_size=ints(m.kernel_size), stride=ints(stride), padding=ints(m.padding),
                                dilation=ints(m.dilation), ceil_mode=m.ceil_mode)
@@ -110,11 +160,13 @@ def _leaf_options(module: nn.Module) -> tuple[str, dict]:
 
 
 def to_cpp(module: nn.Module):
-    """A C++ module built around ``module``'s own tensors."""
-    cpp = getattr(module, "_cpp", None)
+    """A C++ module built around ``module``'s own tensors; TypeError when C++ has no twin for it."""
+    cpp = module.__dict__.get("_cpp_module")
     if cpp is not None:
         return cpp
-    if isinstance(module, nn.Sequential):
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        raise TypeError("a parametrized module runs in Python only")
+    if type(module) is nn.Sequential:
         return _C.make_sequential([to_cpp(child) for child in module])
     type_name, options = _leaf_options(module)
     cpp = _C.make_module(type_name, options)
@@ -124,178 +176,344 @@ def to_cpp(module: nn.Module):
     return cpp
 
 
+def _is_plain_call(input) -> bool:
+    """True when nothing but the C++ forward's own result can be observed from this call."""
+    return not (
+        torch.compiler.is_compiling()
+        or type(input) is not torch.Tensor
+        or torch.jit.is_tracing()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or _torch_module._global_forward_hooks
+        or _torch_module._global_forward_pre_hooks
+        or _torch_module._global_backward_hooks
+        or _torch_module._global_backward_pre_hooks
+    )
+
+
+class _Node:
+    """One C++ module, the Python module paired with it, and what the C++ side holds of it."""
+
+    __slots__ = ("py", "cpp", "children", "type", "child_ids", "param_ids", "buffer_ids", "get_options", "options")
+
+    def __init__(self, py: nn.Module, cpp, children: list):
+        self.py = py
+        self.cpp = cpp
+        self.children = children  # [(name, _Node)], in C++ registration order
+        self.type = type(py)
+        self.child_ids = [id(child.py) for _, child in children]
+        self.snapshot_tensors()
+        names = _FORWARD_OPTIONS.get(self.type, getattr(self.type, "_forward_options", ()))
+        self.get_options = operator.attrgetter(*names) if names else None
+        self.options = self.get_options(py) if names else None
+
+    def snapshot_tensors(self):
+        self.param_ids = list(map(id, self.py._parameters.values()))
+        self.buffer_ids = list(map(id, self.py._buffers.values()))
+
+
+def _pair(py: nn.Module, cpp) -> _Node:
+    return _Node(py, cpp, [(name, _pair(py._modules[name], child)) for name, child in cpp.named_children()])
+
+
+def _same_slot(old, new) -> bool:
+    # Plain tensors of the slot's shape only: a tensor subclass or a torch.func wrapper must meet
+    # the Python forward. dtype and device may differ (to(), half()), as they may in torch.nn.
+    return (type(new) in (torch.Tensor, nn.Parameter) and not torch._C._functorch.is_functorch_wrapped_tensor(new)
+            and new.shape == old.shape)
+
+
 class _Tree:
     """State shared by every mirror of one C++ model: the module pairing and the edits made."""
 
     def __init__(self, cpp_root):
         self.cpp_root = cpp_root
-        self.py_root = None
+        self.root = None  # _Node of the root, set by wrap()
         self.edits = []  # replayed when a pickled model is rebuilt
-        self._pairs = None
+        self._nodes = None
+        self._span = None
         self._flags = None
+        self._held = {}  # id(node.py) -> the tensors C++ holds for it, by slot
+
+    @property
+    def py_root(self):
+        return self.root.py
 
     def invalidate(self):
-        self._pairs = None
+        """Forget the train/eval flags C++ was last given (the engine sets its own)."""
         self._flags = None
 
+    def _structure_changed(self):
+        self._nodes = None
+        self._flags = None
+
+    def nodes(self) -> list:
+        """Every node in C++ pre-order, the order of Module::modules()."""
+        if self._nodes is None:
+            out, span = [], {}
+
+            def walk(node):
+                start = len(out)
+                out.append(node)
+                for _, child in node.children:
+                    walk(child)
+                span[id(node.py)] = (start, len(out))
+
+            walk(self.root)
+            self._nodes, self._span = out, span
+        return self._nodes
+
     def pairs(self):
-        """(python module, C++ module) in C++ pre-order, the order of Module::modules()."""
-        if self._pairs is None:
-            out = []
-
-            def walk(py, cpp):
-                out.append((py, cpp))
-                for name, child in cpp.named_children():
-                    walk(py._modules[name], child)
-
-            walk(self.py_root, self.cpp_root)
-            self._pairs = out
-        return self._pairs
+        return [(n.py, n.cpp) for n in self.nodes()]
 
     def sync_training(self):
         # train()/eval() may be called on any submodule (a frozen BatchNorm, say): mirror the flags.
-        flags = [py.training for py, _ in self.pairs()]
+        flags = [n.py.training for n in self.nodes()]
         if flags != self._flags:
             self.cpp_root.sync_training(flags)
             self._flags = flags
+
+    def _adopt(self, node: _Node) -> bool:
+        """Hands C++ the tensors now in ``node.py``'s slots; False if C++ cannot take them."""
+        py = node.py
+        params = {n: t for n, t in py._parameters.items() if t is not None}
+        buffers = {n: t for n, t in py._buffers.items() if t is not None}
+        held = {n: t for n, t in node.cpp.named_parameters()}
+        held_buffers = {n: t for n, t in node.cpp.named_buffers()}
+        if set(params) != set(held) or set(buffers) != set(held_buffers):
+            return False
+        new_params = [(n, t) for n, t in params.items() if t is not held[n]]
+        new_buffers = [(n, t) for n, t in buffers.items() if t is not held_buffers[n]]
+        if not all(_same_slot(held[n], t) for n, t in new_params):
+            return False
+        if not all(_same_slot(held_buffers[n], t) for n, t in new_buffers):
+            return False
+        node.cpp.adopt_tensors(new_params, new_buffers)
+        node.snapshot_tensors()
+        return True
+
+    def mismatch(self, module: nn.Module, hooks: bool = True) -> str | None:
+        """Why the C++ subtree of ``module`` cannot compute what Python would, or None (after handing
+        C++ any replaced tensors). Hooks on ``module`` itself count only when ``hooks`` is "all"."""
+        nodes = self.nodes()
+        start, stop = self._span[id(module)]
+        for i in range(start, stop):
+            node = nodes[i]
+            py = node.py
+            if hooks and (i > start or hooks == "all") and (
+                    py._forward_hooks or py._forward_pre_hooks or py._backward_hooks or py._backward_pre_hooks):
+                return f"{self._path(node)} has hooks"
+            if type(py) is not node.type:
+                return f"{self._path(node)} is now a {type(py).__name__}"
+            if list(map(id, py._modules.values())) != node.child_ids:
+                return f"a child of {self._path(node)} was replaced or removed outside torchtl"
+            if node.get_options is not None and node.get_options(py) != node.options:
+                return f"an option of {self._path(node)} changed"
+            if (list(map(id, py._parameters.values())) != node.param_ids
+                    or list(map(id, py._buffers.values())) != node.buffer_ids) and not self._adopt(node):
+                return f"{self._path(node)} holds tensors of another shape, type or kind"
+        return None
+
+    def runs_cpp(self, module: nn.Module) -> bool:
+        if self.mismatch(module) is not None:
+            return False
+        self.sync_training()
+        return True
+
+    def cpp_for(self, module: nn.Module, hooks="all"):
+        """The C++ module of ``module`` after a full check; raises if C++ cannot stand for it."""
+        reason = self.mismatch(module, hooks)
+        if reason is not None:
+            raise RuntimeError(f"torchtl's C++ modules cannot run this model as Python would: {reason}. "
+                               "Call the model from Python instead, or undo the change")
+        return module.__dict__["_cpp_module"]
 
     def push_tensors(self, subtree):
         # Module._apply (to(), half(), cuda(), ...) replaces buffer objects (and, in some modes,
         # parameters) on the Python side; hand the new ones to C++.
         inside = {id(m) for m in subtree.modules()}
-        for py, cpp in self.pairs():
-            if id(py) not in inside:
-                continue
-            params = [(n, p) for n, p in py._parameters.items() if p is not None]
-            buffers = [(n, b) for n, b in py._buffers.items() if b is not None]
-            if params or buffers:
-                cpp.adopt_tensors(params, buffers)
+        for node in self.nodes():
+            if id(node.py) in inside and type(node.py) is node.type:
+                self._adopt(node)
+
+    def replace(self, parent: nn.Module, name: str, module: nn.Module, cpp) -> None:
+        """Records that C++ now holds ``cpp`` (built around ``module``) as ``parent.name``."""
+        node = self.nodes()[self._span[id(parent)][0]]
+        node.children = [(n, _pair(module, cpp) if n == name else child) for n, child in node.children]
+        node.child_ids = [id(child.py) for _, child in node.children]
+        self._structure_changed()
+
+    def _path(self, node: _Node) -> str:
+        return self.path_of(node.py) or type(node.py).__name__
 
     def path_of(self, module):
-        for name, m in self.py_root.named_modules(remove_duplicate=False):
+        for name, m in self.root.py.named_modules(remove_duplicate=False):
             if m is module:
                 return name
         raise ValueError("module is not part of this model")
 
+    def python_edits(self) -> list:
+        """Children changed outside torchtl (``_modules``, parametrize, ...), as replayable edits."""
+        paths = {}
+        for name, m in self.root.py.named_modules(remove_duplicate=False):
+            paths.setdefault(id(m), name)
+        edits = []
+        for node in self.nodes():
+            if id(node.py) not in paths:
+                continue
+            for name, child in node.children:
+                path = f"{paths[id(node.py)]}.{name}" if paths[id(node.py)] else name
+                current = node.py._modules.get(name, _MISSING)
+                if current is _MISSING:
+                    edits.append(("del", path))
+                elif current is not child.py or (current is not None and type(current) is not child.type):
+                    edits.append(("set", path, current))
+        return edits
+
+
+_MISSING = object()
+
 
 class _Mirror:
-    """Behaviour shared by container mirrors (CppModule and Sequential)."""
+    """Behaviour shared by every container mirror: the C++ fast path and child replacement.
 
-    def _init_mirror(self, cpp, tree: _Tree):
-        object.__setattr__(self, "_cpp", cpp)
-        object.__setattr__(self, "_tree", tree)
+    Subclasses set ``_torchvision_class``, whose ``forward`` is the Python path.
+    """
 
-    def forward(self, input):
-        self._tree.sync_training()
-        return self._cpp.forward(input)
+    _torchvision_class: type = nn.Module
+
+    @classmethod
+    def _make(cls, cpp, tree: _Tree):
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        object.__setattr__(module, "_cpp_module", cpp)
+        object.__setattr__(module, "_tree", tree)
+        return module
+
+    def _finish(self):
+        """Sets the plain attributes torchvision's __init__ sets; called once children exist."""
+
+    @property
+    def _cpp(self):
+        return self._tree.cpp_for(self)
+
+    def _cpp_forward(self, input):
+        return self._cpp_module.forward(input)
+
+    def forward(self, x):  # torchvision's argument name, which fx names its placeholder after
+        if _is_plain_call(x) and self._tree.runs_cpp(self):
+            return self._cpp_forward(x)
+        return self._torchvision_class.forward(self, x)
 
     def __setattr__(self, name, value):
-        if isinstance(value, nn.Module) and name in self.__dict__.get("_modules", {}) and "_cpp" in self.__dict__:
+        if isinstance(value, nn.Module) and name in self.__dict__.get("_modules", {}) and "_tree" in self.__dict__:
             self._replace_child(name, value)
         else:
             super().__setattr__(name, value)
 
     def _replace_child(self, name, module):
-        self._cpp.replace_child(name, to_cpp(module))
-        for p_name, p in list(module._parameters.items()):
-            if p is not None and not isinstance(p, nn.Parameter):
-                module._parameters[p_name] = _as_parameter(p)
+        try:
+            cpp = to_cpp(module)
+            self._cpp_module.replace_child(name, cpp)
+        except (TypeError, ValueError):
+            cpp = None  # C++ has no twin for it (or not in this slot): it runs in Python
+        if cpp is not None:
+            for p_name, p in list(module._parameters.items()):
+                if p is not None and not isinstance(p, nn.Parameter):
+                    module._parameters[p_name] = _as_parameter(p)
         nn.Module.__setattr__(self, name, module)
         tree = self._tree
+        if cpp is not None:
+            tree.replace(self, name, module, cpp)
         path = tree.path_of(self)
         tree.edits.append(("set", f"{path}.{name}" if path else name, module))
-        tree.invalidate()
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         self._tree.push_tensors(self)
         return self
 
+    def __prepare_scriptable__(self):
+        # TorchScript compiles torchvision's classes, holding these very tensors.
+        return _torchvision_copy(self)
+
     def __reduce_ex__(self, protocol):
         raise TypeError(f"a {self._get_name()} inside a torchtl model cannot be copied or pickled on its own; "
                         "copy or pickle the whole model")
 
 
-class CppModule(_Mirror, nn.Module):
-    """A C++ container (ResNet, BasicBlock, ...) as a torch.nn.Module; forward runs in C++."""
-
-    def __init__(self, cpp, type_name: str, tree: _Tree):
-        nn.Module.__init__(self)
-        self._init_mirror(cpp, tree)
-        object.__setattr__(self, "_type_name", type_name)
-
-    def _get_name(self):
-        return self._type_name
+def _torchvision_copy(module: nn.Module) -> nn.Module:
+    """``module`` as torchvision's own classes over the same tensors, hooks and children."""
+    if not isinstance(module, _Mirror):
+        return module
+    cls = module._torchvision_class
+    twin = cls.__new__(cls)
+    state = {k: v for k, v in module.__dict__.items() if k not in ("_cpp_module", "_tree")}
+    state["_parameters"] = dict(module._parameters)
+    state["_buffers"] = dict(module._buffers)
+    state["_modules"] = {k: (_torchvision_copy(v) if v is not None else None) for k, v in module._modules.items()}
+    twin.__dict__.update(state)
+    return twin
 
 
 class Sequential(_Mirror, nn.Sequential):
-    """torch::nn::Sequential as an nn.Sequential; forward runs in C++."""
+    """torch::nn::Sequential as an nn.Sequential."""
 
-    def __init__(self, cpp, tree: _Tree, type_name: str = "Sequential"):
-        nn.Sequential.__init__(self)
-        self._init_mirror(cpp, tree)
-        object.__setattr__(self, "_type_name", type_name)  # DeepLabHead, FCNHead, ASPPConv, ...
-
-    def _get_name(self):
-        return self._type_name
-
-    def __setitem__(self, idx, module):
-        name = str(range(len(self))[idx]) if isinstance(idx, int) else str(idx)
-        setattr(self, name, module)
+    _torchvision_class = nn.Sequential
 
 
 class ModuleList(_Mirror, nn.ModuleList):
     """torch::nn::ModuleList as an nn.ModuleList (its owner runs it)."""
 
-    def __init__(self, cpp, tree: _Tree):
-        nn.ModuleList.__init__(self)
-        self._init_mirror(cpp, tree)
+    _torchvision_class = nn.ModuleList
 
     def forward(self, input):
         raise NotImplementedError("ModuleList has no forward; its owner runs its modules")
 
 
-def mirror(cpp, tree: _Tree, container_classes=None) -> nn.Module:
-    """The Python module tree for a C++ module tree."""
+def mirror(cpp, tree: _Tree, classes: dict, leaf_classes: dict | None = None) -> nn.Module:
+    """The Python module tree for a C++ module tree. ``classes`` maps C++ container type names to
+    _Mirror classes; ``leaf_classes`` overrides a leaf's torch.nn class (SyncBatchNorm)."""
     type_name, options, container = cpp.describe()
     if type_name in _LEAF_TYPES:
-        return _leaf_from_cpp(type_name, options, cpp)
-    if container == "Sequential":
-        module = Sequential(cpp, tree, type_name)
-    elif container == "ModuleList":
-        module = ModuleList(cpp, tree)
-    else:
-        cls = (container_classes or {}).get(type_name, CppModule)
-        module = cls(cpp, type_name, tree)
+        return _leaf_from_cpp(type_name, options, cpp, leaf_classes or {})
+    cls = classes.get(type_name) or {"Sequential": Sequential, "ModuleList": ModuleList}.get(container)
+    if cls is None:
+        raise TypeError(f"torchtl has no Python class for the C++ {type_name}")
+    module = cls._make(cpp, tree)
     for name, tensor in cpp.named_parameters():
         module._parameters[name] = _as_parameter(tensor)
     for name, tensor in cpp.named_buffers():
         module._buffers[name] = tensor
     for name, child in cpp.named_children():
-        nn.Module.__setattr__(module, name, mirror(child, tree, container_classes))
+        nn.Module.__setattr__(module, name, mirror(child, tree, classes, leaf_classes))
+    module._finish()
     return module
 
 
-def wrap(cpp, root_class, container_classes=None, **attributes):
-    """Mirrors a whole C++ model with ``root_class`` (a CppModule subclass) at the top."""
+def wrap(cpp, root_class, classes: dict, leaf_classes: dict | None = None, **attributes):
+    """Mirrors a whole C++ model with ``root_class`` (a Model subclass) at the top."""
     tree = _Tree(cpp)
-    type_name = cpp.describe()[0]
-    root = root_class(cpp, type_name, tree)
+    root = mirror(cpp, tree, {**classes, cpp.describe()[0]: root_class}, leaf_classes)
     for key, value in attributes.items():
         object.__setattr__(root, key, value)
-    for name, child in cpp.named_children():
-        nn.Module.__setattr__(root, name, mirror(child, tree, container_classes))
-    tree.py_root = root
+    tree.root = _pair(root, cpp)
     return root
 
 
-def _set_by_path(root: nn.Module, path: str, module: nn.Module) -> None:
+def _set_by_path(root: nn.Module, path: str, module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, name, module)
 
 
-class Model(CppModule):
+def _del_by_path(root: nn.Module, path: str) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    delattr(parent, name)
+
+
+class Model(_Mirror):
     """Root of a torchtl model: pickling, deepcopy and torchvision twins.
 
     Subclasses set ``_builder = (module, function, kwargs)``, the builder call that recreates the
@@ -307,16 +525,22 @@ class Model(CppModule):
 
     def __reduce_ex__(self, protocol):
         frozen = [name for name, p in self.named_parameters() if not p.requires_grad]
-        return (_rebuild_model, (self._builder, list(self._tree.edits), self.state_dict(), frozen, self.training))
+        edits = list(self._tree.edits) + self._tree.python_edits()
+        # Hooks, changed options, train/eval flags and attributes users set, module by module.
+        attributes = {name: {k: v for k, v in module.__dict__.items() if k not in _STRUCTURE}
+                      for name, module in self.named_modules()}
+        return (_rebuild_model, (self._builder, edits, self.state_dict(), frozen, attributes))
 
     def _replay_edits(self, target: nn.Module) -> None:
         """Applies this model's child replacements to ``target`` (a torchvision twin)."""
         import copy
 
-        for kind, *args in self._tree.edits:
+        for kind, *args in list(self._tree.edits) + self._tree.python_edits():
             if kind == "set":
                 path, module = args
                 _set_by_path(target, path, copy.deepcopy(module))
+            elif kind == "del":
+                _del_by_path(target, *args)
             else:
                 self._replay_special(target, kind, *args)
 
@@ -324,7 +548,11 @@ class Model(CppModule):
         raise ValueError(f"unknown model edit {kind!r}")
 
 
-def _rebuild_model(builder, edits, state, frozen, training):
+# What a rebuilt model gets from its builder rather than from the pickled one.
+_STRUCTURE = frozenset(("_parameters", "_buffers", "_modules", "_cpp_module", "_tree"))
+
+
+def _rebuild_model(builder, edits, state, frozen, attributes):
     import importlib
 
     module_name, function, kwargs = builder
@@ -332,6 +560,8 @@ def _rebuild_model(builder, edits, state, frozen, training):
     for kind, *args in edits:
         if kind == "set":
             _set_by_path(model, *args)
+        elif kind == "del":
+            _del_by_path(model, *args)
         else:
             getattr(model, kind)(*args)
     first = next((t for t in state.values() if t.is_floating_point()), None)
@@ -342,4 +572,6 @@ def _rebuild_model(builder, edits, state, frozen, training):
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad_(False)
-    return model.train(training)
+    for name, module in model.named_modules():
+        module.__dict__.update(attributes.get(name, {}))
+    return model

@@ -1,9 +1,12 @@
 """torchvision.models.segmentation's FCN and DeepLabV3 with C++ modules inside.
 
 Same signatures as torchvision (num_classes, aux_loss, weights, weights_backbone) and the same
-state dict keys (backbone.*, classifier.*, aux_classifier.*). Nothing is downloaded:
-``weights_backbone`` defaults to None, not to ImageNet weights. Both ``weights`` and
-``weights_backbone`` accept every source torchtl.load_weights accepts, traced archives included.
+state dict keys (backbone.*, classifier.*, aux_classifier.*), built with torchvision's random
+draws in torchvision's order. Nothing is downloaded: ``weights_backbone`` defaults to None, not to
+ImageNet weights. Both ``weights`` and ``weights_backbone`` accept every source
+torchtl.load_weights accepts, traced archives included. The modules are torchvision's classes
+(``DeepLabV3``, ``IntermediateLayerGetter``, ``DeepLabHead``, ``ASPP``, ...) over the C++ tensors;
+``torchtl._module`` says when their forward runs in C++ and when in Python.
 """
 from __future__ import annotations
 
@@ -12,9 +15,14 @@ from collections import OrderedDict
 
 import torchvision
 from torch import nn
+from torchvision.models import _utils as _tv_utils
+from torchvision.models.segmentation import deeplabv3 as _tv_deeplabv3
+from torchvision.models.segmentation import fcn as _tv_fcn
 
 from torchtl import _C
-from torchtl._module import CppModule, Model, wrap
+from torchtl._module import Model, _Mirror, wrap
+from torchtl.models import _CLASSES as _RESNET_CLASSES
+from torchtl.models import legacy_pretrained
 from torchtl.weights import WeightsMismatchError, load_pretrained, read_state_dict
 
 __all__ = ["deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"]
@@ -22,20 +30,53 @@ __all__ = ["deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_res
 _HEADS = ("classifier.4.", "aux_classifier.4.")
 
 
-class IntermediateLayerGetter(CppModule):
+class _DictForward:
+    """C++ forward of a module that returns torchvision's OrderedDict of features."""
+
+    def _cpp_forward(self, input):
+        return OrderedDict(_C.forward_dict(self._cpp_module, input))
+
+
+class IntermediateLayerGetter(_DictForward, _Mirror, _tv_utils.IntermediateLayerGetter):
     """torchvision.models._utils.IntermediateLayerGetter; returns an OrderedDict of features."""
 
-    def forward(self, input):
-        self._tree.sync_training()
-        return OrderedDict(_C.forward_dict(self._cpp, input))
+    _torchvision_class = _tv_utils.IntermediateLayerGetter
+    _forward_options = ("return_layers",)
 
 
-class SegmentationModel(Model):
+class ASPPConv(_Mirror, _tv_deeplabv3.ASPPConv):
+    _torchvision_class = _tv_deeplabv3.ASPPConv
+
+
+class ASPPPooling(_Mirror, _tv_deeplabv3.ASPPPooling):
+    _torchvision_class = _tv_deeplabv3.ASPPPooling
+
+    def _finish(self):
+        self[0].output_size = 1  # torchvision's spelling of the (1, 1) C++ holds
+
+
+class ASPP(_Mirror, _tv_deeplabv3.ASPP):
+    _torchvision_class = _tv_deeplabv3.ASPP
+
+
+class DeepLabHead(_Mirror, _tv_deeplabv3.DeepLabHead):
+    _torchvision_class = _tv_deeplabv3.DeepLabHead
+
+
+class FCNHead(_Mirror, _tv_fcn.FCNHead):
+    _torchvision_class = _tv_fcn.FCNHead
+
+
+class _SegmentationModel(_DictForward, Model):
     """torchvision's DeepLabV3 / FCN: returns OrderedDict(out=..., [aux=...]) at the input size."""
 
-    def forward(self, input):
-        self._tree.sync_training()
-        return OrderedDict(_C.forward_dict(self._cpp, input))
+    def _finish(self):
+        if "aux_classifier" not in self._modules:
+            self.aux_classifier = None
+        return_layers = {"layer4": "out"}
+        if self.aux_classifier is not None:
+            return_layers["layer3"] = "aux"
+        self.backbone.return_layers = return_layers
 
     def to_torchvision(self) -> nn.Module:
         _, function, kwargs = self._builder
@@ -48,16 +89,38 @@ class SegmentationModel(Model):
         return twin.train(self.training)
 
 
-def _load_backbone(model: SegmentationModel, source) -> None:
+class DeepLabV3(_SegmentationModel, _tv_deeplabv3.DeepLabV3):
+    _torchvision_class = _tv_deeplabv3.DeepLabV3
+
+
+class FCN(_SegmentationModel, _tv_fcn.FCN):
+    _torchvision_class = _tv_fcn.FCN
+
+
+# Kept under its old name: the C++ root of either model.
+SegmentationModel = _SegmentationModel
+
+_CLASSES = {
+    **_RESNET_CLASSES,
+    "IntermediateLayerGetter": IntermediateLayerGetter,
+    "ASPPConv": ASPPConv,
+    "ASPPPooling": ASPPPooling,
+    "ASPP": ASPP,
+    "DeepLabHead": DeepLabHead,
+    "FCNHead": FCNHead,
+}
+
+
+def _load_backbone(model: _SegmentationModel, source) -> None:
     # A classification ResNet's weights: everything but its head feeds the dilated backbone.
     pairs = [(k, v) for k, v in read_state_dict(source) if not k.startswith("fc.")]
     try:
-        _C.load_state_dict(model.backbone._cpp, pairs, True)
+        _C.load_state_dict(model.backbone._cpp_module, pairs, True)
     except ValueError as e:
         raise WeightsMismatchError(f"weights_backbone: {e}") from None
 
 
-def _segmentation(kind: str, backbone: str, weights, num_classes, aux_loss, weights_backbone) -> SegmentationModel:
+def _segmentation(kind: str, backbone: str, weights, num_classes, aux_loss, weights_backbone) -> _SegmentationModel:
     state = None
     if weights is not None:
         state = dict(read_state_dict(weights))
@@ -73,8 +136,8 @@ def _segmentation(kind: str, backbone: str, weights, num_classes, aux_loss, weig
     aux_loss = bool(aux_loss)
     cpp = (_C.deeplabv3_resnet if kind == "deeplabv3" else _C.fcn_resnet)(backbone, num_classes, aux_loss)
     function = f"{kind}_{backbone}"
-    model = wrap(cpp, SegmentationModel, {"IntermediateLayerGetter": IntermediateLayerGetter},
-                 _builder=(__name__, function, dict(num_classes=num_classes, aux_loss=aux_loss)))
+    root = DeepLabV3 if kind == "deeplabv3" else FCN
+    model = wrap(cpp, root, _CLASSES, _builder=(__name__, function, dict(num_classes=num_classes, aux_loss=aux_loss)))
     if state is not None:
         if weights_backbone is not None:
             warnings.warn("weights given: weights_backbone is ignored, as in torchvision", stacklevel=3)
@@ -85,8 +148,20 @@ def _segmentation(kind: str, backbone: str, weights, num_classes, aux_loss, weig
 
 
 def _builder(kind: str, backbone: str):
+    tv_builder = getattr(torchvision.models.segmentation, f"{kind}_{backbone}")
+    module = _tv_deeplabv3 if kind == "deeplabv3" else _tv_fcn
+    weights_enum = getattr(module, f"{'DeepLabV3' if kind == 'deeplabv3' else 'FCN'}_ResNet{backbone[6:]}_Weights")
+    backbone_enum = getattr(torchvision.models, f"ResNet{backbone[6:]}_Weights")
+
     def build(*, weights=None, progress: bool = True, num_classes: int | None = None, aux_loss: bool | None = None,
-              weights_backbone=None) -> SegmentationModel:
+              weights_backbone=None, **kwargs) -> _SegmentationModel:
+        weights = legacy_pretrained(kwargs, weights, "pretrained", "weights", weights_enum.COCO_WITH_VOC_LABELS_V1)
+        weights_backbone = legacy_pretrained(kwargs, weights_backbone, "pretrained_backbone", "weights_backbone",
+                                             backbone_enum.IMAGENET1K_V1)
+        if kwargs:
+            # torchvision accepts and ignores these; torchtl says so instead of ignoring them.
+            raise TypeError(f"{kind}_{backbone}() got an unexpected keyword argument '{next(iter(kwargs))}' "
+                            f"(torchvision's {tv_builder.__name__} ignores it; torchtl does not ignore arguments)")
         return _segmentation(kind, backbone, weights, num_classes, aux_loss, weights_backbone)
 
     build.__name__ = build.__qualname__ = f"{kind}_{backbone}"

@@ -72,10 +72,11 @@ def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
 
 
 def _cpp_root(model):
-    cpp = getattr(model, "_cpp", None)
-    if cpp is None:
+    tree = getattr(model, "_tree", None)
+    if tree is None:
         raise TypeError(f"expected a torchtl model, got {type(model).__name__}; for a torch.nn model use load_state_dict")
-    return cpp
+    # Hooks do not matter for loading; a child only Python holds does (C++ would load the old one).
+    return tree.cpp_for(model, hooks=False)
 
 
 def load_weights(model: nn.Module, source, strict: bool = True) -> LoadResult:

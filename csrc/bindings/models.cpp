@@ -89,15 +89,24 @@ void init_models(py::module_& m) {
   m.def(
       "resnet",
       [](const std::string& arch, int64_t num_classes, bool zero_init_residual,
-         const std::vector<bool>& replace_stride_with_dilation) -> ModulePtr {
+         const std::vector<bool>& replace_stride_with_dilation, std::optional<int64_t> groups,
+         std::optional<int64_t> width_per_group, const std::string& norm_layer) -> ModulePtr {
         auto options = models::resnet_options(arch)
                            .num_classes(num_classes)
                            .zero_init_residual(zero_init_residual)
                            .replace_stride_with_dilation(replace_stride_with_dilation);
+        if (groups) options.groups(*groups);
+        if (width_per_group) options.width_per_group(*width_per_group);
+        TORCH_CHECK_VALUE(norm_layer == "BatchNorm2d" || norm_layer == "FrozenBatchNorm2d",
+                          "norm_layer must be BatchNorm2d or FrozenBatchNorm2d, got ", norm_layer);
+        options.norm_layer(norm_layer == "BatchNorm2d" ? models::NormLayer::BatchNorm2d
+                                                       : models::NormLayer::FrozenBatchNorm2d);
         return models::ResNet(options).ptr();
       },
       py::arg("arch"), py::arg("num_classes") = 1000, py::arg("zero_init_residual") = false,
-      py::arg("replace_stride_with_dilation") = std::vector<bool>{false, false, false});
+      py::arg("replace_stride_with_dilation") = std::vector<bool>{false, false, false},
+      py::arg("groups") = py::none(), py::arg("width_per_group") = py::none(),
+      py::arg("norm_layer") = "BatchNorm2d");
   m.def("deeplabv3_resnet", [](const std::string& backbone, int64_t num_classes, bool aux_loss) -> ModulePtr {
     return models::deeplabv3_resnet(backbone, num_classes, aux_loss).ptr();
   });

@@ -1,5 +1,7 @@
 #include "models/module_tree.h"
 
+#include "models/norm.h"
+
 #include <c10/util/Exception.h>
 
 namespace torchtl::models {
@@ -98,6 +100,7 @@ TensorForward tensor_forward(const std::shared_ptr<nn::Module>& module) {
   if (auto leaf = std::dynamic_pointer_cast<nn::Impl>(module)) return [leaf](const torch::Tensor& x) { return leaf->forward(x); };
   TORCHTL_LEAF_FORWARD(Conv2dImpl)
   TORCHTL_LEAF_FORWARD(BatchNorm2dImpl)
+  if (auto leaf = std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module)) return [leaf](const torch::Tensor& x) { return leaf->forward(x); };
   TORCHTL_LEAF_FORWARD(LinearImpl)
   TORCHTL_LEAF_FORWARD(ReLUImpl)
   TORCHTL_LEAF_FORWARD(MaxPool2dImpl)
@@ -114,6 +117,7 @@ nn::AnyModule to_any_module(const std::shared_ptr<nn::Module>& module) {
   if (auto leaf = std::dynamic_pointer_cast<nn::Impl>(module)) return nn::AnyModule(leaf);
   TORCHTL_LEAF_ANY(Conv2dImpl)
   TORCHTL_LEAF_ANY(BatchNorm2dImpl)
+  if (auto leaf = std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module)) return nn::AnyModule(leaf);
   TORCHTL_LEAF_ANY(LinearImpl)
   TORCHTL_LEAF_ANY(ReLUImpl)
   TORCHTL_LEAF_ANY(MaxPool2dImpl)
@@ -122,7 +126,7 @@ nn::AnyModule to_any_module(const std::shared_ptr<nn::Module>& module) {
   TORCHTL_LEAF_ANY(IdentityImpl)
   TORCHTL_LEAF_ANY(FlattenImpl)
 #undef TORCHTL_LEAF_ANY
-  TORCH_CHECK_TYPE(false, "a torch::nn::Sequential element can be replaced by a torch.nn layer (Conv2d, BatchNorm2d, ",
+  TORCH_CHECK_TYPE(false, "a torch::nn::Sequential element can be replaced by a torch.nn layer (Conv2d, BatchNorm2d, FrozenBatchNorm2d, ",
                    "Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten), not by a ",
                    module ? module->name() : std::string("nothing"));
 }
@@ -174,6 +178,9 @@ ModuleInfo describe(const nn::Module& module) {
     if (opt.momentum()) o["momentum"] = *opt.momentum();  // absent: cumulative average, torch.nn's None
     o["affine"] = opt.affine();
     o["track_running_stats"] = opt.track_running_stats();
+  } else if (auto* frozen = dynamic_cast<const FrozenBatchNorm2dImpl*>(&module)) {
+    o["num_features"] = frozen->num_features;
+    o["eps"] = frozen->eps;
   } else if (auto* linear = dynamic_cast<const nn::LinearImpl*>(&module)) {
     o["in_features"] = linear->options.in_features();
     o["out_features"] = linear->options.out_features();
@@ -222,6 +229,9 @@ std::shared_ptr<nn::Module> make_module(const std::string& type, const ModuleOpt
     opt.momentum(o.count("momentum") ? std::optional<double>(float_option(type, o, "momentum", 0.1)) : std::nullopt);
     return nn::BatchNorm2d(opt).ptr();
   }
+  if (type == "FrozenBatchNorm2d") {
+    return FrozenBatchNorm2d(int_option(type, o, "num_features"), float_option(type, o, "eps", 1e-5)).ptr();
+  }
   if (type == "Linear") {
     return nn::Linear(nn::LinearOptions(int_option(type, o, "in_features"), int_option(type, o, "out_features"))
                           .bias(bool_option(type, o, "bias", true)))
@@ -249,7 +259,7 @@ std::shared_ptr<nn::Module> make_module(const std::string& type, const ModuleOpt
     return nn::Flatten(nn::FlattenOptions().start_dim(int_option(type, o, "start_dim", 1)).end_dim(int_option(type, o, "end_dim", -1))).ptr();
   }
   TORCH_CHECK_TYPE(false, "torchtl cannot build a C++ ", type,
-                   "; supported: Conv2d, BatchNorm2d, Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten, Sequential");
+                   "; supported: Conv2d, BatchNorm2d, FrozenBatchNorm2d, Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten, Sequential");
 }
 
 void adopt_tensors(nn::Module& module, const std::vector<std::pair<std::string, torch::Tensor>>& parameters,

@@ -27,10 +27,10 @@ BasicBlockImpl::BasicBlockImpl(const BlockOptions& options_, nn::Sequential down
   TORCH_CHECK_VALUE(options.groups() == 1 && options.base_width() == 64, "BasicBlock only supports groups=1 and base_width=64");
   TORCH_CHECK_NOT_IMPLEMENTED(options.dilation() <= 1, "Dilation > 1 not supported in BasicBlock");
   conv1 = register_module("conv1", conv3x3(options.inplanes(), options.planes(), options.stride()));
-  bn1 = register_module("bn1", nn::BatchNorm2d(options.planes()));
+  bn1 = Norm2d(register_module("bn1", make_norm(options.norm_layer(), options.planes())));
   relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
   conv2 = register_module("conv2", conv3x3(options.planes(), options.planes()));
-  bn2 = register_module("bn2", nn::BatchNorm2d(options.planes()));
+  bn2 = Norm2d(register_module("bn2", make_norm(options.norm_layer(), options.planes())));
   if (downsample_) downsample = register_module("downsample", downsample_);
 }
 
@@ -54,11 +54,11 @@ void BasicBlockImpl::replace_child(const std::string& name, std::shared_ptr<nn::
 BottleneckImpl::BottleneckImpl(const BlockOptions& options_, nn::Sequential downsample_) : options(options_) {
   const int64_t width = static_cast<int64_t>(options.planes() * (options.base_width() / 64.0)) * options.groups();
   conv1 = register_module("conv1", conv1x1(options.inplanes(), width));
-  bn1 = register_module("bn1", nn::BatchNorm2d(width));
+  bn1 = Norm2d(register_module("bn1", make_norm(options.norm_layer(), width)));
   conv2 = register_module("conv2", conv3x3(width, width, options.stride(), options.groups(), options.dilation()));
-  bn2 = register_module("bn2", nn::BatchNorm2d(width));
+  bn2 = Norm2d(register_module("bn2", make_norm(options.norm_layer(), width)));
   conv3 = register_module("conv3", conv1x1(width, options.planes() * expansion));
-  bn3 = register_module("bn3", nn::BatchNorm2d(options.planes() * expansion));
+  bn3 = Norm2d(register_module("bn3", make_norm(options.norm_layer(), options.planes() * expansion)));
   relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
   if (downsample_) downsample = register_module("downsample", downsample_);
 }
@@ -92,7 +92,7 @@ ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) {
   const int64_t expansion = options.block() == BlockType::Basic ? BasicBlockImpl::expansion : BottleneckImpl::expansion;
 
   conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(3, inplanes_, 7).stride(2).padding(3).bias(false)));
-  bn1 = register_module("bn1", nn::BatchNorm2d(inplanes_));
+  bn1 = Norm2d(register_module("bn1", make_norm(options.norm_layer(), inplanes_)));
   relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
   maxpool = register_module("maxpool", nn::MaxPool2d(nn::MaxPool2dOptions(3).stride(2).padding(1)));
   layer1 = register_module("layer1", make_layer(64, options.layers()[0], 1, false));
@@ -115,7 +115,9 @@ nn::Sequential ResNetImpl::make_layer(int64_t planes, int64_t blocks, int64_t st
   }
   nn::Sequential downsample{nullptr};
   if (stride != 1 || inplanes_ != planes * expansion) {
-    downsample = nn::Sequential(conv1x1(inplanes_, planes * expansion, stride), nn::BatchNorm2d(planes * expansion));
+    downsample = nn::Sequential();
+    downsample->push_back(conv1x1(inplanes_, planes * expansion, stride));
+    downsample->push_back(to_any_module(make_norm(options.norm_layer(), planes * expansion)));
   }
   auto block = [&](const BlockOptions& opt, nn::Sequential ds) -> nn::AnyModule {
     if (basic) return nn::AnyModule(BasicBlock(opt, ds));
@@ -126,22 +128,25 @@ nn::Sequential ResNetImpl::make_layer(int64_t planes, int64_t blocks, int64_t st
                              .stride(stride)
                              .groups(options.groups())
                              .base_width(options.width_per_group())
-                             .dilation(previous_dilation),
+                             .dilation(previous_dilation)
+                             .norm_layer(options.norm_layer()),
                          downsample));
   inplanes_ = planes * expansion;
   for (int64_t i = 1; i < blocks; ++i) {
     layer->push_back(block(BlockOptions(inplanes_, planes)
                                .groups(options.groups())
                                .base_width(options.width_per_group())
-                               .dilation(dilation_),
+                               .dilation(dilation_)
+                               .norm_layer(options.norm_layer()),
                            nullptr));
   }
   return layer;
 }
 
 void ResNetImpl::reset_parameters() {
+  // The second pass of torchvision's ResNet.__init__, after every layer drew its default init in
+  // construction order: same draws in the same order, so a seeded build equals torchvision's.
   torch::NoGradGuard no_grad;
-  if (fc) fc->reset_parameters();
   for (auto& module : modules(/*include_self=*/false)) {
     if (auto* conv = module->as<nn::Conv2d>()) {
       nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
@@ -152,8 +157,8 @@ void ResNetImpl::reset_parameters() {
   }
   if (options.zero_init_residual()) {
     for (auto& module : modules(false)) {
-      if (auto* block = module->as<Bottleneck>()) nn::init::zeros_(block->bn3->weight);
-      if (auto* block = module->as<BasicBlock>()) nn::init::zeros_(block->bn2->weight);
+      if (auto* block = module->as<Bottleneck>()) nn::init::zeros_(block->bn3.weight());
+      if (auto* block = module->as<BasicBlock>()) nn::init::zeros_(block->bn2.weight());
     }
   }
 }

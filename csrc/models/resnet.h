@@ -9,6 +9,7 @@
 
 #include "models/fold_bn.h"
 #include "models/module_tree.h"
+#include "models/norm.h"
 
 namespace torchtl::models {
 
@@ -21,6 +22,7 @@ struct BlockOptions {
   TORCH_ARG(int64_t, groups) = 1;
   TORCH_ARG(int64_t, base_width) = 64;
   TORCH_ARG(int64_t, dilation) = 1;
+  TORCH_ARG(NormLayer, norm_layer) = NormLayer::BatchNorm2d;
 };
 
 torch::nn::Conv2d conv3x3(int64_t in_planes, int64_t out_planes, int64_t stride = 1, int64_t groups = 1, int64_t dilation = 1);
@@ -37,7 +39,7 @@ class BasicBlockImpl : public torch::nn::Module, public Composite {
 
   BlockOptions options;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  Norm2d bn1, bn2;
   torch::nn::ReLU relu{nullptr};
   torch::nn::Sequential downsample{nullptr};
 
@@ -57,7 +59,7 @@ class BottleneckImpl : public torch::nn::Module, public Composite {
 
   BlockOptions options;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  Norm2d bn1, bn2, bn3;
   torch::nn::ReLU relu{nullptr};
   torch::nn::Sequential downsample{nullptr};
 
@@ -77,6 +79,7 @@ struct ResNetOptions {
   TORCH_ARG(bool, zero_init_residual) = false;
   TORCH_ARG(int64_t, groups) = 1;
   TORCH_ARG(int64_t, width_per_group) = 64;
+  TORCH_ARG(NormLayer, norm_layer) = NormLayer::BatchNorm2d;
   // For layer2..layer4: trade the stride-2 for dilation (the segmentation backbones).
   TORCH_ARG(std::vector<bool>, replace_stride_with_dilation) = std::vector<bool>{false, false, false};
 };
@@ -93,8 +96,8 @@ class ResNetImpl : public torch::nn::Module, public Composite {
   torch::Tensor forward_features(const torch::Tensor& x);
   torch::Tensor forward_head(const torch::Tensor& features);
 
-  // torchvision's initialisation (kaiming-normal convolutions, unit BatchNorm, zero_init_residual)
-  // and torch.nn.Linear's default for fc.
+  // torchvision's initialisation pass (kaiming-normal convolutions in modules() order, unit
+  // BatchNorm, zero_init_residual); fc keeps torch.nn.Linear's default from its constructor.
   void reset_parameters();
 
   // A fresh Linear head for `num_classes` (default initialisation, the old head's device and
@@ -106,7 +109,7 @@ class ResNetImpl : public torch::nn::Module, public Composite {
 
   ResNetOptions options;
   torch::nn::Conv2d conv1{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr};
+  Norm2d bn1;
   torch::nn::ReLU relu{nullptr};
   torch::nn::MaxPool2d maxpool{nullptr};
   torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};

@@ -23,14 +23,25 @@ nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t padding = 0, in
 
 }  // namespace
 
-ASPPConvImpl::ASPPConvImpl(int64_t in_channels, int64_t out_channels, int64_t dilation)
-    : SequentialImpl(conv(in_channels, out_channels, 3, dilation, dilation), nn::BatchNorm2d(out_channels), nn::ReLU()) {}
+// The heads are filled with push_back, one statement per layer: the order of function arguments is
+// unspecified in C++, and the layers must draw their default initialisation in torchvision's order.
+ASPPConvImpl::ASPPConvImpl(int64_t in_channels, int64_t out_channels, int64_t dilation) {
+  push_back(conv(in_channels, out_channels, 3, dilation, dilation));
+  push_back(nn::BatchNorm2d(out_channels));
+  push_back(nn::ReLU());
+}
 
-ASPPPoolingImpl::ASPPPoolingImpl(int64_t in_channels, int64_t out_channels)
-    : SequentialImpl(nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({1, 1})), conv(in_channels, out_channels, 1),
-                     nn::BatchNorm2d(out_channels), nn::ReLU()) {}
+ASPPPoolingImpl::ASPPPoolingImpl(int64_t in_channels, int64_t out_channels) {
+  push_back(nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({1, 1})));
+  push_back(conv(in_channels, out_channels, 1));
+  push_back(nn::BatchNorm2d(out_channels));
+  push_back(nn::ReLU());
+}
 
 torch::Tensor ASPPPoolingImpl::forward(const torch::Tensor& x) {
+  // torch.nn.BatchNorm2d raises ValueError for one value per channel in training; so does torchvision here.
+  TORCH_CHECK_VALUE(!is_training() || x.size(0) > 1,
+                    "Expected more than 1 value per channel when training, got a batch of 1 at ASPPPooling's 1x1 features");
   return upsample_to(SequentialImpl::forward(x), x.sizes().slice(2));
 }
 
@@ -63,13 +74,21 @@ void ASPPImpl::replace_child(const std::string& name, std::shared_ptr<nn::Module
   TORCH_CHECK_VALUE(false, "ASPP has no replaceable child '", name, "'");
 }
 
-DeepLabHeadImpl::DeepLabHeadImpl(int64_t in_channels, int64_t num_classes, std::vector<int64_t> atrous_rates)
-    : SequentialImpl(ASPP(in_channels, std::move(atrous_rates)), conv(256, 256, 3, 1), nn::BatchNorm2d(256), nn::ReLU(),
-                     conv(256, num_classes, 1, 0, 1, /*bias=*/true)) {}
+DeepLabHeadImpl::DeepLabHeadImpl(int64_t in_channels, int64_t num_classes, std::vector<int64_t> atrous_rates) {
+  push_back(ASPP(in_channels, std::move(atrous_rates)));
+  push_back(conv(256, 256, 3, 1));
+  push_back(nn::BatchNorm2d(256));
+  push_back(nn::ReLU());
+  push_back(conv(256, num_classes, 1, 0, 1, /*bias=*/true));
+}
 
-FCNHeadImpl::FCNHeadImpl(int64_t in_channels, int64_t channels)
-    : SequentialImpl(conv(in_channels, in_channels / 4, 3, 1), nn::BatchNorm2d(in_channels / 4), nn::ReLU(),
-                     nn::Dropout(0.1), conv(in_channels / 4, channels, 1, 0, 1, /*bias=*/true)) {}
+FCNHeadImpl::FCNHeadImpl(int64_t in_channels, int64_t channels) {
+  push_back(conv(in_channels, in_channels / 4, 3, 1));
+  push_back(nn::BatchNorm2d(in_channels / 4));
+  push_back(nn::ReLU());
+  push_back(nn::Dropout(0.1));
+  push_back(conv(in_channels / 4, channels, 1, 0, 1, /*bias=*/true));
+}
 
 SegmentationModelImpl::SegmentationModelImpl(IntermediateLayerGetter backbone_,
                                              std::shared_ptr<nn::Module> classifier_,
@@ -132,14 +151,19 @@ IntermediateLayerGetter dilated_backbone(const std::string& arch, bool aux_loss)
 
 }  // namespace
 
+// Backbone, aux head, classifier: torchvision's construction order, so seeded draws match.
 DeepLabV3 deeplabv3_resnet(const std::string& backbone, int64_t num_classes, bool aux_loss) {
   auto features = dilated_backbone(backbone, aux_loss);
-  return DeepLabV3(features, DeepLabHead(2048, num_classes).ptr(), aux_loss ? FCNHead(1024, num_classes).ptr() : nullptr);
+  auto aux = aux_loss ? FCNHead(1024, num_classes).ptr() : nullptr;
+  auto head = DeepLabHead(2048, num_classes).ptr();
+  return DeepLabV3(features, head, aux);
 }
 
 FCN fcn_resnet(const std::string& backbone, int64_t num_classes, bool aux_loss) {
   auto features = dilated_backbone(backbone, aux_loss);
-  return FCN(features, FCNHead(2048, num_classes).ptr(), aux_loss ? FCNHead(1024, num_classes).ptr() : nullptr);
+  auto aux = aux_loss ? FCNHead(1024, num_classes).ptr() : nullptr;
+  auto head = FCNHead(2048, num_classes).ptr();
+  return FCN(features, head, aux);
 }
 
 }  // namespace torchtl::models

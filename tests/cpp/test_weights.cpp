@@ -51,7 +51,7 @@ TORCHTL_TEST(loads_what_it_saves) {
   const auto result = io::load_weights(*target, path);
   EXPECT(result.missing_keys.empty() && result.unexpected_keys.empty());
   EXPECT(same_weights(io::state_dict(*source), io::state_dict(*target)));
-  EXPECT(target->bn1->num_batches_tracked.item<int64_t>() == 1);
+  EXPECT(target->bn1.ptr()->as<torch::nn::BatchNorm2d>()->num_batches_tracked.item<int64_t>() == 1);
 
   source->eval();
   target->eval();
