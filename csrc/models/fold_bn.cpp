@@ -94,4 +94,9 @@ torch::Tensor FoldedConvBN::operator()(nn::SequentialImpl& branch, const torch::
   return branch.forward(x);
 }
 
+torch::Tensor FoldedConvBN::operator()(nn::Conv2dImpl& conv, const Norm2d& norm, const torch::Tensor& x) {
+  if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(norm.ptr().get())) return (*this)(conv, *bn, x);
+  return norm(conv.forward(x));
+}
+
 }  // namespace torchtl::models

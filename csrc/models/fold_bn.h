@@ -16,6 +16,8 @@
 #include <mutex>
 #include <vector>
 
+#include "models/norm.h"
+
 namespace torchtl::models {
 
 class FoldedConvBN {
@@ -27,6 +29,8 @@ class FoldedConvBN {
 
   // bn(conv(x)), folded where allowed (see above).
   torch::Tensor operator()(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x);
+  // A ResNet norm slot: folded when it holds a BatchNorm2d; a FrozenBatchNorm2d runs as it is.
+  torch::Tensor operator()(torch::nn::Conv2dImpl& conv, const Norm2d& norm, const torch::Tensor& x);
   // A torchvision downsample branch, Sequential(conv1x1, BatchNorm2d), folded the same way;
   // any other Sequential (a user's replacement) runs as it is.
   torch::Tensor operator()(torch::nn::SequentialImpl& branch, const torch::Tensor& x);
