@@ -127,7 +127,7 @@ def test_non_utf8_paths_load_and_show_as_os_fsdecode(tmp_path):
     with open(folder + b"/broken.jpg", "wb") as f:
         f.write(b"not an image")
     (tmp_path / "broken.txt").write_bytes(b"caf\xe9/broken.jpg\t0\n")
-    with pytest.raises(RuntimeError, match=r"broken.txt', line 1, image '.*caf\\xe9/broken.jpg'"):
+    with pytest.raises(ValueError, match=r"broken.txt', line 1, image '.*caf\\xe9/broken.jpg'"):
         next(iter(data.DataLoader(data.MapDataset(tmp_path / "broken.txt"), num_workers=1, seed=0)))
 
 

@@ -216,7 +216,7 @@ def test_fallback_to_torchvision_warns_once_and_decodes_the_same(files, env, rea
 
 
 def test_a_forced_backend_that_cannot_load_is_an_error():
-    out = subprocess.run([sys.executable, "-c", "import torchtl"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", "import torchtl.data"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": ROOT, "TORCHTL_IMAGE_BACKEND": "torchcodec",
                               "TORCHTL_TORCHCODEC_LIBRARY": "/nonexistent/lib.so"})
     assert out.returncode != 0

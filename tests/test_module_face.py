@@ -17,6 +17,13 @@ from helpers import assert_close_rel, randomize_batchnorm
 X = torch.randn(2, 3, 64, 64)
 
 
+@pytest.fixture(autouse=True)
+def _exact_mode():
+    """Equality with torchvision runs in exact mode; tests/test_fast_path.py covers the fast path."""
+    with torchtl.exact_mode():
+        yield
+
+
 def twins(arch="resnet18", **kwargs):
     torch.manual_seed(0)
     tv = getattr(torchvision.models, arch)(weights=None, **kwargs)

@@ -138,7 +138,7 @@ void init_data(py::module_& m) {
       "read_image",
       [](const std::string& path) {
         py::gil_scoped_release no_gil;
-        return decode_rgb(read_file(path));
+        return read_image(path);
       },
       py::arg("path"));
   d.def(

@@ -289,6 +289,17 @@ torch::Tensor read_file(const std::string& path) {
 
 bool is_jpeg(const torch::Tensor& data) { return sniff(data) == Format::JPEG; }
 
+torch::Tensor read_image(const std::string& path) {
+  auto bytes = read_file(path);
+  try {
+    return decode_rgb(bytes);
+  } catch (const c10::ValueError& e) {
+    TORCH_CHECK_VALUE(false, "image '", path, "': ", e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "image '", path, "': ", e.what_without_backtrace());
+  }
+}
+
 torch::Tensor decode_rgb(const torch::Tensor& data) {
   auto image = decode(data, ReadMode::RGB);
   if (image.scalar_type() == torch::kUInt16) {

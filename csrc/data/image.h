@@ -45,6 +45,9 @@ bool is_jpeg(const torch::Tensor& data);
 // a ValueError saying so.
 torch::Tensor decode_rgb(const torch::Tensor& data);
 
+// read_file then decode_rgb: an image file as 3 x H x W uint8 RGB; a decoding error names the path.
+torch::Tensor read_image(const std::string& path);
+
 // A batch of JPEGs decoded on `device` (CUDA, nvJPEG) as decode_rgb decodes each on the CPU.
 std::vector<torch::Tensor> decode_jpegs_rgb(const std::vector<torch::Tensor>& data, const torch::Device& device);
 
