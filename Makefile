@@ -21,7 +21,7 @@ build: $(DEPS)
 # cross between Python and C++.
 test: build cpp-build
 	$(PY) -m pytest -q tests
-	ctest --test-dir $(CPP_BUILD) --output-on-failure
+	ctest --test-dir $(CPP_BUILD) --output-on-failure -j2
 
 # The C++ core as a plain CMake project against the venv's libtorch; the venv's python only
 # writes and checks the weights that cross between Python and C++ (tests/cpp/python_weights.py).
@@ -32,7 +32,7 @@ cpp-build: $(DEPS)
 	cmake --build $(CPP_BUILD) -j2
 
 cpp-test: cpp-build
-	ctest --test-dir $(CPP_BUILD) --output-on-failure
+	ctest --test-dir $(CPP_BUILD) --output-on-failure -j2
 
 demo: build
 	$(PY) examples/demo.py
