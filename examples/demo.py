@@ -1,8 +1,8 @@
-"""The demo (``make demo``): the seeds' experiments on generated data, C++ engine vs Python twin.
+"""The demo (``make demo``): the transfer-learning and segmentation experiments on generated data, C++ engine vs Python twin.
 
 1. Generates (or reuses, under data/) textured shapes: a source task, a target task with few images
    per class, and a VOC-layout segmentation set; pretrains a ResNet-18 on the source task with the
-   C++ engine and exports it as a traced archive (the seeds' weight format).
+   C++ engine and exports it as a traced archive (the weight format LibTorch programs load).
 2. Transfer learning on the target task: scratch / finetune / feature_extractor, C++ vs Python.
 3. Segmentation: fcn_resnet50 at 48 px, C++ vs Python, with mask overlays.
 4. The CIFAR-10 network of PyTorch's classifier tutorial, as an nn.Sequential, 5 epochs on

@@ -1,4 +1,4 @@
-"""The seeds' transfer-learning experiment, C++ engine vs Python twin.
+"""The transfer-learning experiment (scratch, finetune, feature_extractor), C++ engine vs Python twin.
 
 Three scenarios on the same target data, each trained by torchtl.engine (C++) and by
 torchtl.reference (plain PyTorch on the torchvision twin), from the same weights with the same seed:

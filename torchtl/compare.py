@@ -208,12 +208,12 @@ def compare_classification(train, val, out_dir, *, weights=None, arch="resnet18"
                            batch_size=8, size=64, lr=0.01, head_lr=None, optimizer="sgd", momentum=0.9,
                            weight_decay=1e-4, lr_schedule="cosine", device="cpu", seed=0, workers=2,
                            progress=False, log=print) -> dict:
-    """The seeds' three transfer-learning scenarios, each through the C++ engine and the Python twin.
+    """The three transfer-learning scenarios (scratch, finetune, feature_extractor), each through the C++ engine and the Python twin.
 
     ``weights`` (a traced archive, state dict or torchvision model with the same ``arch``) is the
     pretrained start of ``finetune`` and ``feature_extractor``; ``scratch`` starts from a seeded
-    random initialisation. ``lr`` is one rate or ``{scenario: rate}`` (the seeds fine-tune with a
-    smaller rate than they train a new head with). Returns the report (also written to ``out_dir``).
+    random initialisation. ``lr`` is one rate or ``{scenario: rate}`` (fine-tuning usually takes a
+    smaller rate than training a new head). Returns the report (also written to ``out_dir``).
     """
     if weights is None and any(s != "scratch" for s in scenarios):
         raise ValueError("finetune and feature_extractor need --weights (a pretrained model of the same arch)")

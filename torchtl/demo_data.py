@@ -1,10 +1,10 @@
 """The demo's own data: seeded textured shapes on cluttered backgrounds, written as real files.
 
 No data or weights can be downloaded where the demo runs, so it makes its own transfer-learning
-setting, in the seeds' layout:
+setting, in the layout of the README's real data sets:
 
 - a *source* task (six shape classes, a few hundred images): a ResNet-18 is pretrained on it and
-  exported as a traced archive, the seeds' weight format (the "ImageNet model" of the demo);
+  exported as a traced archive, the weight format LibTorch programs load (the "ImageNet model" of the demo);
 - a *target* task with few images per class (the "ants and bees" of the demo): four of the source
   shapes, as ants and bees are two of ImageNet's classes, drawn from another seed;
 - a segmentation set in the PASCAL VOC layout (``JPEGImages``, gray-index masks in
@@ -195,7 +195,7 @@ def make_segmentation_set(root, *, train=48, val=16, size=64, seed=0) -> dict:
 def pretrained_archive(root, source_maps, *, epochs=10, size=48, batch_size=16, seed=0, device="cpu",
                        progress=True, log=print) -> str:
     """A ResNet-18 trained on the source task by the C++ engine, exported as a traced archive
-    (cached in ``root``; the seeds' ``resnet18_Python.pt`` of the demo)."""
+    (cached in ``root``; the demo's ``resnet18_source.pt``)."""
     import torchtl
     from torchtl import data
 

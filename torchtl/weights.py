@@ -109,16 +109,8 @@ def load_pretrained(model: nn.Module, source, head_prefixes: tuple[str, ...]) ->
         raise WeightsMismatchError(str(e)) from None
 
 
-def num_classes_in(source, head_key: str) -> int | None:
-    """The class count of the head in ``source`` (rows of ``head_key``), or None if absent."""
-    for key, value in read_state_dict(source):
-        if key == head_key:
-            return int(value.shape[0])
-    return None
-
-
 def export_traced(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor | None = None) -> str:
-    """Writes the traced archive the seeds load in C++ (``torch.jit.trace(...).save(path)``).
+    """Writes the traced archive LibTorch programs load (``torch.jit.trace(...).save(path)``).
 
     ``model`` is a torchvision model or a torchtl one (traced through its torchvision twin, so the
     archive is exactly what torchvision would produce). Traced in eval mode on CPU.

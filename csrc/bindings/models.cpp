@@ -85,7 +85,6 @@ void init_models(py::module_& m) {
     return seq.ptr();
   });
 
-  m.def("resnet_architectures", &models::resnet_architectures);
   m.def(
       "resnet",
       [](const std::string& arch, int64_t num_classes, bool zero_init_residual,

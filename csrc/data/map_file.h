@@ -1,5 +1,5 @@
 #pragma once
-// Map files: the seeds' sample lists, one `path<TAB>label` (classification) or `image<TAB>mask`
+// Map files: sample lists, one `path<TAB>label` (classification) or `image<TAB>mask`
 // (segmentation) per line. A map file is validated as a whole when it is read, so a user sees
 // every bad line at once instead of one crash per run.
 #include <torch/torch.h>

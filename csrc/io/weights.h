@@ -1,6 +1,6 @@
 #pragma once
 // Weights in and out of any torch::nn::Module, in the formats Python writes and reads: traced or
-// scripted archives (torch.jit.save, the seeds' way) and torch.save'd state dicts. Every
+// scripted archives (torch.jit.save, the way LibTorch programs load models) and torch.save'd state dicts. Every
 // mismatch is reported at once, by key, instead of failing on the first one.
 #include <torch/torch.h>
 

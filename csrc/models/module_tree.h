@@ -16,7 +16,7 @@ namespace torchtl::models {
 
 // Implemented by torchtl's own container modules (ResNet, BasicBlock, ...): a forward reachable
 // through the base class and children that can be swapped after construction (Python's
-// `model.fc = nn.Linear(...)`, the seeds' unregister/rebuild/register).
+// `model.fc = nn.Linear(...)`, what LibTorch users do with unregister_module/register_module).
 class Composite {
  public:
   virtual ~Composite() = default;

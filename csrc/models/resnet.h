@@ -101,7 +101,7 @@ class ResNetImpl : public torch::nn::Module, public Composite {
   void reset_parameters();
 
   // A fresh Linear head for `num_classes` (default initialisation, the old head's device and
-  // dtype): the seeds' unregister/rebuild/register, done once here.
+  // dtype): unregister_module/register_module done once here.
   void reset_classifier(int64_t num_classes);
 
   // Width of the pooled features that `fc` maps to classes (512 * block expansion).

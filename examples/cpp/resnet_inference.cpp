@@ -1,5 +1,5 @@
-// Loads a ResNet from Python-written weights (a traced archive as the seeds use, or a torch.save'd
-// state dict or checkpoint) into torchtl's C++ ResNet and prints each image's top classes.
+// Loads a ResNet from Python-written weights (a traced archive, as LibTorch programs load, or a
+// torch.save'd state dict or checkpoint) into torchtl's C++ ResNet and prints each image's top classes.
 //
 //   resnet_inference --weights resnet18_traced.pt
 //   resnet_inference --weights best.pt --model resnet50 --input batch.pt --topk 3

@@ -1,4 +1,4 @@
-// Transfer learning with a ResNet, all in C++: the seeds' program done right. Loads an ImageNet
+// Transfer learning with a ResNet, all in C++. Loads an ImageNet
 // ResNet (a traced archive such as resnet18_traced.pt, or a torch.save'd state dict),
 // replaces its head with one for --num-classes, fine-tunes every layer or trains the new head on the
 // frozen features, evaluates on the validation map file after every epoch, keeps the best model

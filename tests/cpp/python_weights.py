@@ -1,6 +1,6 @@
 """Python's half of the C++ weights tests, run by ctest when CMake is given TORCHTL_TEST_PYTHON.
 
-    python_weights.py write DIR   torchvision resnet18 as a traced archive (the seeds' format) and
+    python_weights.py write DIR   torchvision resnet18 as a traced archive (the format LibTorch programs load) and
                                   as a torch.save'd state dict, for test_traced_archive.cpp to read
     python_weights.py check DIR   opens what test_traced_archive.cpp wrote (cpp_resnet18.pt with
                                   an input and the C++ output) in torchvision, and compares outputs

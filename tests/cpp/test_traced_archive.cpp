@@ -1,6 +1,6 @@
-// Weights crossing between Python and C++: torchvision's resnet18 as a traced archive (the seeds'
-// format) and as a torch.save'd state dict, written by python_weights.py; and C++ weights that
-// python_weights.py then opens in torchvision. The directory comes from TORCHTL_PYTHON_WEIGHTS,
+// Weights crossing between Python and C++: torchvision's resnet18 as a traced archive (the
+// format LibTorch programs load) and as a torch.save'd state dict, written by python_weights.py;
+// and C++ weights that python_weights.py then opens in torchvision. The directory comes from TORCHTL_PYTHON_WEIGHTS,
 // which ctest sets when CMake was given TORCHTL_TEST_PYTHON; without it the suite is skipped.
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -94,7 +94,7 @@ TORCHTL_TEST(traced_archive_mismatch_names_keys) {
   EXPECT(contains(message, "fc.weight (weights [1000, 512], model [2, 512])")) << message;
 }
 
-// The seeds' transfer-learning start: torchvision's weights in, then a new head.
+// The usual transfer-learning start: torchvision's weights in, then a new head.
 TORCHTL_TEST(traced_archive_then_new_head) {
   const auto archive = python_weights("resnet18_traced.pt");
   models::ResNet model(models::resnet_options("resnet18"));
