@@ -359,3 +359,14 @@ def test_make_map_lists_exactly_what_imagefolder_lists(tmp_path, capsys):
     assert [(os.path.normpath(tmp_path / p), int(c)) for p, c in listed] == [(os.path.normpath(p), c)
                                                                              for p, c in expected]
     assert any(p.endswith(".bmp") for p, _ in listed)
+
+
+def test_train_prints_each_epoch_line_once(sets, tmp_path, capsys):
+    """With progress on, fit prints each epoch's line as it ends; the command does not repeat them."""
+    _, cls, _ = sets
+    code, out, err = run(capsys, "train", "classification", "--train", cls["train"], "--val", cls["val"], "--epochs", 2,
+                         "-b", 4, "--size", 32, "--device", "cpu", "--output-dir", tmp_path / "run")
+    assert code == 0, err
+    lines = re.split(r"[\r\n]", out + err)
+    for epoch in (1, 2):
+        assert sum(bool(re.match(rf"epoch {epoch}\b.*train loss", line)) for line in lines) == 1, out + err

@@ -307,7 +307,8 @@ def cmd_train(args):
         warmup_epochs=args.lr_warmup_epochs, label_smoothing=getattr(args, "label_smoothing", 0.0),
         device=device, amp=args.amp, checkpoint_dir=out, resume=args.resume, seed=args.seed,
         progress=not args.quiet)
-    _print_epochs(history, task)
+    if args.quiet:  # otherwise fit printed each epoch's line as the epoch ended
+        _print_epochs(history, task)
     print(f"checkpoints and history in {out}/ (best.pt, last.pt, history.json, {CONFIG})")
 
 
