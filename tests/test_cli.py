@@ -101,6 +101,12 @@ def test_predict_folder_and_segmentation_masks_at_input_size(sets, capsys, tmp_p
         overlay = data.read_image(tmp_path / "pred" / f"{name}_overlay.png")
         assert tuple(overlay.shape) == (3, *shape)
     assert "notes.txt" not in out
+    # The same predict again: refused before anything is written, the earlier masks untouched.
+    before = (tmp_path / "pred" / "wide_mask.png").read_bytes()
+    code, out, err = run(capsys, "predict", "--checkpoint", tmp_path / "seg" / "best.pt", folder,
+                         "--out", tmp_path / "pred", "--device", "cpu")
+    assert code == 2 and "wide_mask.png exists" in err and "never overwritten" in err, err
+    assert (tmp_path / "pred" / "wide_mask.png").read_bytes() == before
 
 
 def test_compare_report_holds_the_printed_numbers(sets, cls_run, capsys, tmp_path):

@@ -437,6 +437,11 @@ def cmd_predict(args):
             if stem in stems:
                 raise UsageError(f"{stems[stem]} and {path} would both write {stem}_mask.png into {args.out}")
             stems[stem] = path
+            for suffix in ("_mask.png", "_overlay.png"):
+                earlier = os.path.join(args.out, stem + suffix)
+                if os.path.exists(earlier):
+                    raise UsageError(f"{earlier} exists (an earlier predict wrote it?); it is never overwritten: "
+                                     "choose another --out or move it away")
     model = _load_model(args.checkpoint, config).to(device).eval()
     size = config["size"]
     for path in images:
