@@ -240,7 +240,7 @@ def test_bad_values_are_usage_errors(argv, message, capsys):
     (["train", "classification", "--train", "t.txt", "--model", "fcn_resnet50"], 2,
      "--model fcn_resnet50 is not a classification model"),
     (["compare", "classification", "--train", "a.txt", "--val", "b.txt"], 1, "no such file or folder: a.txt"),
-    (["train", "classification", "--train", "t.txt", "--device", "cpu", "--amp"], 2, "--amp needs a CUDA device"),
+    (["train", "classification", "--train", "t.txt", "--device", "cpu", "--amp"], 2, "--amp fp16 needs a CUDA device"),
 ])
 def test_errors_exit_with_their_status_and_no_traceback(argv, status, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -242,8 +242,13 @@ def cmd_train(args):
     # Everything is checked before anything is written.
     _check_arch(args.model, task)
     device = _device(args.device)
-    if args.amp and not device.startswith("cuda"):
-        raise UsageError(f"--amp needs a CUDA device, not --device {device}")
+    if args.amp == "fp16" and not device.startswith("cuda"):
+        raise UsageError(f"--amp fp16 needs a CUDA device, not --device {device}; on the CPU use --amp bf16")
+    if args.amp == "bf16" and device == "cpu":
+        from torchtl import fast_path
+
+        if not fast_path.cpu_supports_bf16():
+            raise UsageError("--amp bf16 on the CPU needs AVX-512 BF16 or AMX, which this CPU lacks")
     train_path, val_path = _train_maps(args)
     if args.test_only and val_path is None:
         raise UsageError("--test-only evaluates on --val (or --data-path's val/); give one")
@@ -618,8 +623,9 @@ def build_parser():
             p.add_argument("--crop-size", type=image_size, default=d["crop_size"], help="training crop")
             p.add_argument("--size", type=image_size, action=_BothSizes,
                            help="--base-size and --crop-size at once")
-        p.add_argument("--amp", nargs="?", const="fp16", choices=("fp16", "bf16"),
-                       help="mixed precision on CUDA (--amp alone: fp16)")
+        p.add_argument("--amp", nargs="?", const="fp16", default="off", choices=("off", "fp16", "bf16"),
+                       help="mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA; "
+                            "--amp alone)")
         p.add_argument("--resume", help="last.pt of a run to continue (its folder is the default --output-dir)")
         p.add_argument("--test-only", action="store_true",
                        help="only evaluate --weights or --resume on --val; write nothing")

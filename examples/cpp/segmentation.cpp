@@ -31,7 +31,7 @@ namespace {
 
 struct Args {
   std::string train, val, weights, model = "fcn_resnet50", aux, mode, device, out, opt = "sgd", lr_scheduler = "poly",
-                                   resume;
+                                   resume, amp = "off";
   int64_t num_classes = 0, epochs = 10, batch_size = 4, base_size = 520, crop_size = 480, workers = 2, seed = 0,
           lr_warmup_epochs = 0, lr_step_size = 7;
   double lr = 0.01, momentum = 0.9, weight_decay = 1e-4, lr_gamma = 0.1;
@@ -153,6 +153,7 @@ int run(const Args& args) {
                            .ignore_index(255)
                            .epochs(args.epochs)
                            .device(device.str())
+                           .amp(args.amp)
                            .checkpoint_dir(args.out)
                            .resume(args.resume)
                            .seed(static_cast<uint64_t>(args.seed));
@@ -234,6 +235,8 @@ int main(int argc, char** argv) {
   options.integer("-j,--workers", &args.workers, 0, "loader threads");
   options.integer("--seed", &args.seed, 0, "fixes sampling order, augmentation and initialisation");
   options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
+  options.text("--amp", &args.amp,
+               "mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA)", {"off", "fp16", "bf16"});
   options.text("--resume", &args.resume, "last.pt of a run to continue (its folder is the default --output-dir)");
   options.text("--output-dir,--out", &args.out,
                "folder for best.pt (best validation mean IoU) and last.pt "

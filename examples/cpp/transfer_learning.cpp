@@ -29,7 +29,8 @@ namespace models = torchtl::models;
 namespace {
 
 struct Args {
-  std::string train, val, weights, model = "resnet18", mode, device, out, opt = "sgd", lr_scheduler = "cosine", resume;
+  std::string train, val, weights, model = "resnet18", mode, device, out, opt = "sgd", lr_scheduler = "cosine", resume,
+      amp = "off";
   int64_t num_classes = 0, epochs = 10, batch_size = 8, size = 224, workers = 2, seed = 0, lr_warmup_epochs = 0,
           lr_step_size = 7;
   double lr = 0.01, momentum = 0.9, weight_decay = 1e-4, label_smoothing = 0.0, lr_gamma = 0.1;
@@ -93,6 +94,7 @@ int run(const Args& args) {
                            .gamma(args.lr_gamma)
                            .epochs(args.epochs)
                            .device(device.str())
+                           .amp(args.amp)
                            .checkpoint_dir(args.out)
                            .resume(args.resume)
                            .seed(static_cast<uint64_t>(args.seed));
@@ -172,6 +174,8 @@ int main(int argc, char** argv) {
   options.integer("-j,--workers", &args.workers, 0, "loader threads");
   options.integer("--seed", &args.seed, 0, "fixes sampling order, augmentation and the new head");
   options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
+  options.text("--amp", &args.amp,
+               "mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA)", {"off", "fp16", "bf16"});
   options.text("--resume", &args.resume, "last.pt of a run to continue (its folder is the default --output-dir)");
   options.text("--output-dir,--out", &args.out,
                "folder for best.pt (best validation accuracy, a state dict torchvision loads) and last.pt "
