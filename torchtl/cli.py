@@ -94,8 +94,15 @@ def cmd_train(args):
         if path:
             _existing_file(path)
     out = args.out or os.path.join("runs", f"{task}_{args.arch}")
-    train_map = compare.resolve_map(args.train, out, "train")
-    val_map = compare.resolve_map(args.val, out, "val") if args.val else None
+    # Under torchrun every rank joins first; rank 0 alone writes map files, config and output lines.
+    group = torchtl.engine._process_group(args.device)
+    main = group is None or group.rank() == 0
+    maps = [None, None]
+    if main:
+        maps = [compare.resolve_map(args.train, out, "train"), compare.resolve_map(args.val, out, "val") if args.val else None]
+    if group is not None:
+        torch.distributed.broadcast_object_list(maps, src=0)
+    train_map, val_map = maps
     torch.manual_seed(args.seed)
     size = args.size or (224 if task == "classification" else 480)
     classes = None
@@ -119,17 +126,20 @@ def cmd_train(args):
                                                       batch_size=args.batch_size, workers=args.workers,
                                                       seed=args.seed)
     mode = args.mode or ("finetune" if (args.weights or args.weights_backbone) else "scratch")
-    os.makedirs(out, exist_ok=True)
     config = dict(task=task, arch=args.arch, num_classes=num_classes, size=size, classes=classes,
                   aux_loss=bool(args.aux_loss), mode=mode, train=train_map, val=val_map)
-    with open(os.path.join(out, CONFIG), "w") as f:
-        json.dump(config, f, indent=1)
+    if main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, CONFIG), "w") as f:
+            json.dump(config, f, indent=1)
     history = torchtl.engine.fit(
         model, train, val if val_map else None, task=task, mode=mode, optimizer=args.optimizer,
         lr=args.lr or (0.01 if task == "classification" else 0.02),
         momentum=0.9, weight_decay=args.weight_decay, epochs=args.epochs,
         lr_schedule=args.lr_schedule or ("poly" if task == "segmentation" else "cosine"), device=args.device,
         checkpoint_dir=out, seed=args.seed, progress=not args.quiet)
+    if not main:
+        return
     for e in history["epochs"]:
         line = f"epoch {e['epoch'] + 1}: train loss {e['train_loss']:.4f}"
         if "train_acc" in e:

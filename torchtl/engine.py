@@ -25,6 +25,39 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _process_group(device: Optional[str]):
+    """torch.distributed's default group, joined as it is or first initialized from torchrun's
+    environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); None when training in one process."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+            return None
+        cuda = str(device or default_device()).startswith("cuda")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if dist.get_world_size() == 1:
+        return None
+    backend = str(dist.get_backend())
+    if device is not None and not str(device).startswith("cuda") and backend == "nccl":
+        raise ValueError(f"device={device!r}, but the process group's backend is nccl, which reduces CUDA tensors only; "
+                         "initialize it with backend='gloo' for the CPU")
+    return dist.distributed_c10d._get_default_group()
+
+
+def _rank_device(device: Optional[str], group) -> str:
+    """Under torchrun, each rank takes the GPU its LOCAL_RANK names unless a device index was given."""
+    device = device or default_device()
+    if group is not None and str(device) == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', torch.distributed.get_rank() % torch.cuda.device_count()))}"
+    return device
+
+
+def _is_main_process(group) -> bool:
+    return group is None or group.rank() == 0
+
+
 def _cpp_model(model):
     cpp = getattr(model, "_cpp", None)
     if cpp is None:
@@ -114,8 +147,17 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     progress: True for a tqdm bar, False for none, or a callable taking a dict (training, epoch,
     epochs, batch, num_batches, images, loss, accuracy), called between batches at most every
     0.2 s; returning False stops the run as Ctrl-C does.
+
+    Under ``torchrun`` (or with torch.distributed's default group initialized) fit trains data-parallel:
+    it joins the group, or initializes it from torchrun's environment (gloo on the CPU, nccl on CUDA,
+    each rank on the GPU its LOCAL_RANK names); every rank starts from rank 0's weights, trains on its
+    DistributedSampler-style shard of ``train_loader`` and averages gradients with c10d all-reduce in
+    the C++ loop, so N ranks with batch B take the steps of one process with batch N*B. Validation is
+    split into disjoint shards and its counts and confusion matrix are summed; the history is the
+    whole run's. Only rank 0 writes ``checkpoint_dir`` and shows the bar; ``resume`` is read by all.
     """
-    device = device or default_device()
+    group = _process_group(device)
+    device = _rank_device(device, group)
     if (amp not in (None, "off")) and not str(device).startswith("cuda"):
         raise ValueError(f"amp={amp!r} needs a CUDA device")
     cpp = _cpp_model(model)
@@ -125,8 +167,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     options = _options(task, mode, optimizer, lr, momentum, weight_decay, nesterov, head_lr, epochs, lr_schedule,
                        step_size, gamma, warmup_epochs, clip_grad_norm, label_smoothing, aux_weight, ignore_index,
                        device, amp, channels_last, cache, checkpoint_dir, resume, seed)
+    options["process_group"] = group
     model.to(device)  # in Python first, so every mirror follows
-    bar = progress if callable(progress) else _Bar(bool(progress))
+    bar = progress if callable(progress) else _Bar(bool(progress) and _is_main_process(group))
     try:
         result = _E.fit(cpp, train_cpp, val_cpp, options, bar)
     finally:
@@ -147,9 +190,11 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         "epochs": [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in e.items() if k != "val"}
                    | ({"val": _plain(e["val"])} if "val" in e else {}) for e in result["epochs"]],
     }
-    if checkpoint_dir:
+    if checkpoint_dir and _is_main_process(group):
         with open(os.path.join(os.fspath(checkpoint_dir), "history.json"), "w") as f:
             json.dump(history, f, indent=1)
+    if group is not None:
+        torch.distributed.barrier()  # fit returns on every rank once rank 0's files are complete
     if result["keyboard_interrupt"]:
         raise KeyboardInterrupt("training stopped between batches; last.pt holds the last complete epoch")
     return history
@@ -164,10 +209,11 @@ def evaluate(model, loader, *, task: str = "classification", device: Optional[st
     """One evaluation pass in C++: ``{"loss", "acc1", "acc5", "confusion"}`` for classification,
     ``{"loss", "pixel_acc", "miou", "iou", "confusion"}`` for segmentation (torchvision references'
     confusion-matrix metrics)."""
-    device = device or default_device()
+    group = _process_group(device)
+    device = _rank_device(device, group)
     model.to(device)
-    options = dict(task=task, device=str(device), ignore_index=int(ignore_index))
-    bar = _Bar(progress)
+    options = dict(task=task, device=str(device), ignore_index=int(ignore_index), process_group=group)
+    bar = _Bar(progress and _is_main_process(group))
     try:
         result = _E.evaluate(_cpp_model(model), _cpp_loader(loader, "loader"), options, bar)
     finally:

@@ -45,6 +45,10 @@ FitOptions fit_options(const py::dict& d) {
     else if (key == "checkpoint_dir") o.checkpoint_dir(value.cast<std::string>());
     else if (key == "resume") o.resume(value.cast<std::string>());
     else if (key == "seed") o.seed(value.cast<uint64_t>());
+    // torch.distributed's own ProcessGroup object (torch._C._distributed_c10d), shared with C++.
+    else if (key == "process_group") {
+      if (!value.is_none()) o.process_group(value.cast<c10::intrusive_ptr<c10d::ProcessGroup>>());
+    }
     else throw py::value_error("unknown fit option '" + key + "'");
   }
   return o;

@@ -244,10 +244,22 @@ struct Throttle {
 // Frozen features by dataset index, with the label: feature_extractor mode computes them once.
 using FeatureCache = std::unordered_map<int64_t, std::pair<torch::Tensor, torch::Tensor>>;
 
+// Whether `cache` holds every sample of `loader`'s epoch (a rank's shard changes every epoch).
+bool covers(const FeatureCache& cache, const data::ThreadedLoader& loader, uint64_t epoch) {
+  if (cache.empty()) return false;
+  for (const auto& batch : loader.batch_indices(epoch)) {
+    for (auto i : batch) {
+      if (!cache.count(i)) return false;
+    }
+  }
+  return true;
+}
+
 // One pass over `loader`. With `cache` (a ResNet in feature_extractor mode, deterministic data),
 // the frozen features are taken from it when it covers the data set, and stored into it otherwise.
 EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, const FitOptions& o, torch::Device device,
-                          int64_t epoch, const ProgressFn& progress, bool& stopped, FeatureCache* cache = nullptr) {
+                          const Distributed& distributed, int64_t epoch, const ProgressFn& progress, bool& stopped,
+                          FeatureCache* cache = nullptr) {
   torch::NoGradGuard no_grad;
   view.root->eval();
   EvalResult r;
@@ -259,7 +271,7 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
   bool amp_on = false;
   const auto dtype = amp_dtype(o, device, amp_on);
   const auto num_batches = static_cast<int64_t>(loader.num_batches());
-  const bool from_cache = cache && view.resnet && cache->size() == loader.dataset_size();
+  const bool from_cache = cache && view.resnet && covers(*cache, loader, 0);
   // Yields the next (input, target, input_is_features) or nothing at the end.
   std::unique_ptr<data::LoaderEpoch> stream;
   std::vector<std::vector<int64_t>> cached_batches;
@@ -326,6 +338,21 @@ EvalResult run_evaluation(ModelView& view, const data::ThreadedLoader& loader, c
       }
     }
   }
+  // The whole validation set's metrics: every rank's counts and confusion matrix, summed. A rank
+  // whose shard is empty contributes zeros; one that was stopped stops them all.
+  const auto totals = distributed.all_reduce_sum({loss_sum, static_cast<double>(r.images), static_cast<double>(correct1),
+                                                  static_cast<double>(correct5), stopped ? 1.0 : 0.0});
+  loss_sum = totals[0];
+  r.images = static_cast<int64_t>(totals[1]);
+  correct1 = static_cast<int64_t>(totals[2]);
+  correct5 = static_cast<int64_t>(totals[3]);
+  stopped = totals[4] > 0;
+  const auto num_classes = distributed.all_reduce_max(confusion ? confusion->num_classes() : 0);
+  if (!confusion && num_classes > 0) confusion = std::make_unique<ConfusionMatrix>(num_classes);
+  if (confusion) {
+    auto matrix = confusion->matrix();  // a handle on the matrix's storage, summed in place
+    distributed.all_reduce_sum(matrix);
+  }
   TORCH_CHECK_VALUE(r.images > 0, "the evaluation loader yielded no batch (empty map file, or drop_last with fewer ",
                     "samples than batch_size)");
   r.loss = loss_sum / r.images;
@@ -382,9 +409,15 @@ void write_checkpoint(const std::string& path, nn::Module& model, torch::optim::
 
 }  // namespace
 
-FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& train, const data::ThreadedLoader* val,
-              const FitOptions& o, const ProgressFn& progress) {
+FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& unsharded_train,
+              const data::ThreadedLoader* unsharded_val, const FitOptions& o, const ProgressFn& progress) {
   ModelView view(model, o.task());
+  // Each rank trains on an equal share and validates on a disjoint one (exact summed metrics).
+  const Distributed distributed(o.process_group(), resolve_device(o.device()));
+  const auto train = distributed.shard(unsharded_train, /*pad=*/true);
+  std::optional<data::ThreadedLoader> val_shard;
+  if (unsharded_val) val_shard = distributed.shard(*unsharded_val, /*pad=*/false);
+  const data::ThreadedLoader* val = val_shard ? &*val_shard : nullptr;
   TORCH_CHECK_VALUE(o.mode() == "scratch" || o.mode() == "finetune" || o.mode() == "feature_extractor", "unknown mode '",
                     o.mode(), "'; choose scratch, finetune or feature_extractor");
   TORCH_CHECK_VALUE(o.epochs() > 0, "epochs must be positive, got ", o.epochs());
@@ -446,7 +479,11 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     auto generator = at::detail::getDefaultCPUGenerator();  // a handle on the global generator
     generator.set_state(ckpt.at("rng_state").toTensor());
   }
-  if (!o.checkpoint_dir().empty()) std::filesystem::create_directories(o.checkpoint_dir());
+  // Every rank starts from rank 0's weights, as DistributedDataParallel does.
+  std::vector<torch::Tensor> model_state = model->parameters();
+  for (const auto& b : model->buffers()) model_state.push_back(b);
+  distributed.broadcast(model_state);
+  if (!o.checkpoint_dir().empty() && distributed.is_main_process()) std::filesystem::create_directories(o.checkpoint_dir());
 
   // feature_extractor + deterministic data: the frozen features of each sample never change.
   const bool use_cache = extract && o.cache_features() && view.resnet != nullptr;
@@ -467,7 +504,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     double loss_sum = 0.0;
     int64_t correct = 0, batch_index = 0;
     Throttle throttle;
-    const bool from_cache = use_cache && !cache.empty() && static_cast<size_t>(cache.size()) == train.dataset_size();
+    const bool from_cache = use_cache && covers(cache, train, static_cast<uint64_t>(epoch));
 
     auto train_step = [&](const torch::Tensor& input, const torch::Tensor& target, bool input_is_features) {
       const double factor = schedule.factor(state.iteration);
@@ -509,6 +546,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
         }
       }
       scaler.scaled(loss).backward();
+      distributed.all_reduce_gradients(params);
       if (scaler.unscale(params)) {
         if (o.clip_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(params, o.clip_grad_norm());
         optimizer->step();
@@ -530,6 +568,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
                    view.segmentation ? -1.0 : static_cast<double>(correct) / record.images};
         if (!progress(p)) stop = true;
       }
+      stop = distributed.any(stop);
     };
 
     if (from_cache) {
@@ -566,6 +605,15 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
         if (stop) break;
       }
     }
+    // The history is the whole run's: every rank's batches, and rank 0's batch-norm statistics
+    // (DistributedDataParallel's broadcast_buffers, which leaves every rank with rank 0's).
+    const auto totals =
+        distributed.all_reduce_sum({loss_sum, static_cast<double>(record.images), static_cast<double>(correct)});
+    loss_sum = totals[0];
+    record.images = static_cast<int64_t>(totals[1]);
+    correct = static_cast<int64_t>(totals[2]);
+    record.step_losses = distributed.all_reduce_mean(record.step_losses);
+    if (!extract) distributed.broadcast(model->buffers());
     record.seconds = seconds_since(start);
     record.train_loss = record.images ? loss_sum / record.images : 0.0;
     record.train_acc = view.segmentation ? -1.0 : (record.images ? static_cast<double>(correct) / record.images : 0.0);
@@ -578,7 +626,8 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
     }
     if (val) {
       bool stopped = false;
-      record.val = run_evaluation(view, *val, o, device, epoch, progress, stopped, use_cache ? &val_cache : nullptr);
+      record.val = run_evaluation(view, *val, o, device, distributed, epoch, progress, stopped,
+                                  use_cache ? &val_cache : nullptr);
       record.has_val = true;
       if (stopped) {
         result.interrupted = true;
@@ -589,11 +638,13 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
       if (state.best_epoch < 0 || metric > state.best_metric) {
         state.best_metric = metric;
         state.best_epoch = epoch;
-        if (!o.checkpoint_dir().empty()) io::save_weights(*model, o.checkpoint_dir() + "/best.pt");
+        if (!o.checkpoint_dir().empty() && distributed.is_main_process()) {
+          io::save_weights(*model, o.checkpoint_dir() + "/best.pt");
+        }
       }
     }
     state.epochs_done = epoch + 1;
-    if (!o.checkpoint_dir().empty()) {
+    if (!o.checkpoint_dir().empty() && distributed.is_main_process()) {
       write_checkpoint(o.checkpoint_dir() + "/last.pt", *model, *optimizer, o, state, names, params);
     }
     result.epochs.push_back(std::move(record));
@@ -608,8 +659,10 @@ EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const data::Thread
   ModelView view(model, options.task());
   const auto device = resolve_device(options.device());
   model->to(device);
+  const Distributed distributed(options.process_group(), device);
+  const auto shard = distributed.shard(loader, /*pad=*/false);
   bool stopped = false;
-  return run_evaluation(view, loader, options, device, 0, progress, stopped);
+  return run_evaluation(view, shard, options, device, distributed, 0, progress, stopped);
 }
 
 }  // namespace torchtl::engine

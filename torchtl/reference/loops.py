@@ -10,6 +10,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from torchtl.engine import _is_main_process, _process_group, _rank_device
 
 
 def lr_factor(it: int, *, kind: str, epochs: int, iters_per_epoch: int, step_size: int = 7, gamma: float = 0.1,
@@ -139,10 +142,16 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         label_smoothing: float = 0.0, aux_weight: float = 0.5, ignore_index: int = 255,
         device: Optional[str] = None, amp: Optional[str] = None, channels_last: Optional[bool] = None,
         cache_features: bool = False, checkpoint_dir=None, resume=None, seed: int = 0, progress: bool = True) -> dict:
-    """torchtl.engine.fit in plain PyTorch (no feature cache, no resume: the twin is the baseline)."""
+    """torchtl.engine.fit in plain PyTorch (no feature cache, no resume: the twin is the baseline).
+
+    Under torch.distributed (the same group torchtl.engine.fit joins) the model trains inside
+    DistributedDataParallel on this rank's shard of ``train_loader``; every rank evaluates the whole
+    validation set, and the history is the whole run's.
+    """
     if mode not in ("scratch", "finetune", "feature_extractor"):
         raise ValueError(f"unknown mode '{mode}'; choose scratch, finetune or feature_extractor")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    group = _process_group(device)
+    device = _rank_device(device, group)
     segmentation = task == "segmentation"
     torch.manual_seed(seed)
     extract = mode == "feature_extractor"
@@ -164,11 +173,17 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             groups.append({"params": group, "lr": group_lr})
             base_lrs.append(group_lr)
     opt = _make_optimizer(optimizer, groups, lr, momentum, nesterov, weight_decay)
+    # The frozen part builds no graph (neither its input nor its weights need grad), so running the
+    # whole model through DDP costs what the no_grad feature path costs.
+    ddp = DistributedDataParallel(model) if group is not None else None
+    if ddp is not None and getattr(train_loader, "num_replicas", 1) == 1:
+        train_loader = train_loader.shard(group.size(), group.rank())
     iters = len(train_loader)
     if iters == 0:
         raise ValueError("the training loader yields no batch")
     lr_factor(0, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters)  # validates the name
-    if checkpoint_dir:
+    main = _is_main_process(group)
+    if checkpoint_dir and main:
         os.makedirs(checkpoint_dir, exist_ok=True)
     history = {"engine": "python", "task": task, "mode": mode, "device": str(device), "feature_cache": False,
                "best_metric": -1.0, "best_epoch": -1, "interrupted": False, "epochs": []}
@@ -191,7 +206,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             record["lr"] = base_lrs[0] * factor
             opt.zero_grad()
             if segmentation:
-                if extract:
+                if ddp is not None:
+                    out = ddp(x)
+                elif extract:
                     with torch.no_grad():
                         features = model.backbone(x)
                     out = _segmentation_heads(model, features, x.shape[-2:])
@@ -200,7 +217,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 loss = _segmentation_loss(out, y, aux_weight, ignore_index)
                 logits = None
             else:
-                if extract:
+                if ddp is not None:
+                    logits = ddp(x)
+                elif extract:
                     with torch.no_grad():
                         features = _resnet_features(model, x)
                     logits = model.fc(features)
@@ -218,6 +237,13 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             images += x.shape[0]
             if logits is not None:
                 correct += int((logits.argmax(1) == y).sum())
+        if group is not None:
+            steps = torch.tensor(record["step_losses"], dtype=torch.float64)
+            totals = torch.tensor([loss_sum, images, correct], dtype=torch.float64)
+            torch.distributed.all_reduce(steps)
+            torch.distributed.all_reduce(totals)
+            record["step_losses"] = (steps / group.size()).tolist()
+            loss_sum, images, correct = totals[0].item(), int(totals[1]), int(totals[2])
         seconds = time.perf_counter() - start
         record.update(train_loss=loss_sum / max(images, 1), images=images, seconds=seconds,
                       images_per_second=images / seconds if seconds > 0 else 0.0)
@@ -229,13 +255,15 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             metric = val["miou"] if segmentation else val["acc1"]
             if history["best_epoch"] < 0 or metric > history["best_metric"]:
                 history["best_metric"], history["best_epoch"] = metric, epoch
-                if checkpoint_dir:
+                if checkpoint_dir and main:
                     torch.save(dict(model.state_dict()), os.path.join(checkpoint_dir, "best.pt"))
-        if checkpoint_dir:
+        if checkpoint_dir and main:
             torch.save({"model": dict(model.state_dict()), "epoch": epoch + 1},
                        os.path.join(checkpoint_dir, "last.pt"))
         history["epochs"].append(record)
-    if checkpoint_dir:
+    if checkpoint_dir and main:
         with open(os.path.join(os.fspath(checkpoint_dir), "history.json"), "w") as f:
             json.dump(history, f, indent=1)
+    if group is not None:
+        torch.distributed.barrier()
     return history
