@@ -179,7 +179,7 @@ def test_torchrun_cli_train(tmp_path):
                        "resnet18", "--epochs", "2", "--batch-size", "2", "--size", "32", "--device", "cpu", "--out",
                        str(run), "--quiet"], cwd=tmp_path)
     assert result.stdout.count("epoch 2:") == 1  # rank 0 alone prints
-    assert sorted(os.listdir(run)) == ["config.json", "history.json", "last.pt", "train.txt"]  # no val: no best.pt
+    assert sorted(os.listdir(run)) == ["config.json", "history.json", "last.pt", "train.txt", "train_classes.txt"]
     history = json.loads((run / "history.json").read_text())
     # 10 images, batch 2 on each of 2 ranks, drop_last: 2 steps of 4 images, the whole run's count.
     assert [e["images"] for e in history["epochs"]] == [8, 8]

@@ -150,8 +150,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     """
     if mode not in ("scratch", "finetune", "feature_extractor"):
         raise ValueError(f"unknown mode '{mode}'; choose scratch, finetune or feature_extractor")
-    group = _process_group(device)
-    device = _rank_device(device, group)
+    process_group = _process_group(device)
+    device = _rank_device(device, process_group)
     segmentation = task == "segmentation"
     torch.manual_seed(seed)
     extract = mode == "feature_extractor"
@@ -175,14 +175,14 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     opt = _make_optimizer(optimizer, groups, lr, momentum, nesterov, weight_decay)
     # The frozen part builds no graph (neither its input nor its weights need grad), so running the
     # whole model through DDP costs what the no_grad feature path costs.
-    ddp = DistributedDataParallel(model) if group is not None else None
+    ddp = DistributedDataParallel(model) if process_group is not None else None
     if ddp is not None and getattr(train_loader, "num_replicas", 1) == 1:
-        train_loader = train_loader.shard(group.size(), group.rank())
+        train_loader = train_loader.shard(process_group.size(), process_group.rank())
     iters = len(train_loader)
     if iters == 0:
         raise ValueError("the training loader yields no batch")
     lr_factor(0, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters)  # validates the name
-    main = _is_main_process(group)
+    main = _is_main_process(process_group)
     if checkpoint_dir and main:
         os.makedirs(checkpoint_dir, exist_ok=True)
     history = {"engine": "python", "task": task, "mode": mode, "device": str(device), "feature_cache": False,
@@ -237,12 +237,12 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             images += x.shape[0]
             if logits is not None:
                 correct += int((logits.argmax(1) == y).sum())
-        if group is not None:
+        if process_group is not None:
             steps = torch.tensor(record["step_losses"], dtype=torch.float64)
             totals = torch.tensor([loss_sum, images, correct], dtype=torch.float64)
             torch.distributed.all_reduce(steps)
             torch.distributed.all_reduce(totals)
-            record["step_losses"] = (steps / group.size()).tolist()
+            record["step_losses"] = (steps / process_group.size()).tolist()
             loss_sum, images, correct = totals[0].item(), int(totals[1]), int(totals[2])
         seconds = time.perf_counter() - start
         record.update(train_loss=loss_sum / max(images, 1), images=images, seconds=seconds,
@@ -264,6 +264,6 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     if checkpoint_dir and main:
         with open(os.path.join(os.fspath(checkpoint_dir), "history.json"), "w") as f:
             json.dump(history, f, indent=1)
-    if group is not None:
+    if process_group is not None:
         torch.distributed.barrier()
     return history
