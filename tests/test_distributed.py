@@ -56,7 +56,6 @@ def loader_indices(loader, epoch):
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_loader_shards_like_distributed_sampler(maps, n, replicas, shuffle):
     train, _ = maps
-    ds = data.MapDataset(train)
     lines = train.read_text().splitlines(keepends=True)[:n]
     small = train.parent / f"first{n}.txt"
     small.write_text("".join(lines))
