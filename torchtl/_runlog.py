@@ -86,15 +86,17 @@ class RunLog:
     """Receives each complete epoch's record; writes and prints it at once."""
 
     def __init__(self, history: dict, *, epochs: int, checkpoint_dir=None, resume_epoch: Optional[int] = None,
-                 tensorboard=None, echo=None):
+                 tensorboard=None, writes: bool = True, echo=None):
         self.task = history["task"]
         self.epochs = epochs
         self.echo = echo  # a callable printing one line, or None
         self.dir = os.fspath(checkpoint_dir) if checkpoint_dir else None
+        # False on the ranks other than 0 of a data-parallel run: they keep the same history, rank 0 writes it.
+        self.writes = writes
         self.history = dict(history, best_metric=None, best_epoch=None, interrupted=False, epochs=[])
         if resume_epoch is not None and self.dir:
             self._continue(resume_epoch)
-        self.writer = _summary_writer(tensorboard, self.dir, None if resume_epoch is None else resume_epoch + 1)
+        self.writer = None if not writes else _summary_writer(tensorboard, self.dir, None if resume_epoch is None else resume_epoch + 1)
         self.csv_path = os.path.join(self.dir, "metrics.csv") if self.dir else None
 
     def _continue(self, resume_epoch: int) -> None:
@@ -118,7 +120,7 @@ class RunLog:
             with open(csv_path, newline="") as f:
                 rows = list(csv.DictReader(f))
             kept_rows = [r for r in rows if int(r["epoch"]) <= resume_epoch]
-            if len(kept_rows) != len(rows):
+            if len(kept_rows) != len(rows) and self.writes:
                 self._write_csv_rows(csv_path, kept_rows)
 
     def _write_csv_rows(self, path, rows) -> None:
@@ -150,7 +152,7 @@ class RunLog:
         record = _plain(record)
         self.history["epochs"].append(record)
         self._track_best(record)
-        if self.dir:
+        if self.dir and self.writes:
             _write_json(os.path.join(self.dir, "history.json"), self.history)
             new = not os.path.exists(self.csv_path)
             with open(self.csv_path, "a", newline="") as f:
@@ -173,7 +175,7 @@ class RunLog:
         self.history["interrupted"] = interrupted or interrupted_record is not None
         if interrupted_record is not None:
             self.history["epochs"].append(dict(_plain(interrupted_record), interrupted=True))
-        if self.dir:
+        if self.dir and self.writes:
             _write_json(os.path.join(self.dir, "history.json"), self.history)
         if self.writer is not None:
             self.writer.close()

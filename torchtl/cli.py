@@ -271,10 +271,20 @@ def cmd_train(args):
     if args.test_only:
         return _test_only(args, task, device, val_path, size)
 
+    # Under torchrun every rank joins the group first and checks the run folder; then rank 0 alone
+    # writes map files, config and output lines.
+    group = torchtl.engine._process_group(device)
+    main = group is None or group.rank() == 0
     out = _output_dir(args)
     config_path = os.path.join(out, CONFIG)
-    train_map = compare.resolve_map(train_path, out, "train")
-    val_map = compare.resolve_map(val_path, out, "val") if val_path else None
+    if group is not None:
+        torch.distributed.barrier()
+    maps = [None, None]
+    if main:
+        maps = [compare.resolve_map(train_path, out, "train"), compare.resolve_map(val_path, out, "val") if val_path else None]
+    if group is not None:
+        torch.distributed.broadcast_object_list(maps, src=0)
+    train_map, val_map = maps
     torch.manual_seed(args.seed)
     classes = None
     with warnings.catch_warnings():
@@ -300,7 +310,7 @@ def cmd_train(args):
     if args.resume and os.path.isfile(config_path):
         _check_resumed_config(config_path, config, mode_given=args.mode is not None)
         mode = config["mode"]
-    else:
+    elif main:
         os.makedirs(out, exist_ok=True)
         with open(config_path, "w") as f:
             json.dump(config, f, indent=1)
@@ -312,6 +322,8 @@ def cmd_train(args):
         warmup_epochs=args.lr_warmup_epochs, label_smoothing=getattr(args, "label_smoothing", 0.0),
         device=device, amp=args.amp, checkpoint_dir=out, resume=args.resume, seed=args.seed,
         progress=not args.quiet)
+    if not main:
+        return
     if args.quiet:  # otherwise fit printed each epoch's line as the epoch ended
         _print_epochs(history, task)
     print(f"checkpoints and history in {out}/ (best.pt, last.pt, history.json, {CONFIG})")

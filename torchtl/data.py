@@ -344,11 +344,16 @@ class DataLoader:
     path) on the batch that holds it; with ``on_error="skip"`` it is left out of its batch and a
     ``SkippedSamplesWarning`` counts the skipped samples at the end of the epoch. Breaking out of
     the loop, an exception or dropping the iterator stops and joins the threads.
+
+    ``num_replicas`` and ``rank`` shard it as ``torch.utils.data.DistributedSampler`` does: every
+    rank shuffles the same way, the order is padded by repeating its start to a multiple of
+    ``num_replicas``, and rank r takes every num_replicas-th sample from r, so all ranks take as
+    many batches. ``torchtl.engine.fit`` shards an unsharded loader by itself under torch.distributed.
     """
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, num_workers: int = 2,
                  seed: Optional[int] = None, drop_last: bool = False, pin_memory: bool = False,
-                 prefetch_factor: int = 2, on_error: str = "raise"):
+                 prefetch_factor: int = 2, on_error: str = "raise", num_replicas: int = 1, rank: int = 0):
         if not isinstance(dataset, _MapDatasetBase):
             raise TypeError(f"DataLoader takes a torchtl MapDataset or SegmentationMapDataset, got {type(dataset).__name__}")
         if seed is None:
@@ -362,9 +367,19 @@ class DataLoader:
         self.seed = seed
         self.pin_memory = bool(pin_memory)
         self._skip = _check_on_error(on_error)
+        self._args = dict(batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed,
+                          drop_last=drop_last, pin_memory=self.pin_memory, prefetch_factor=prefetch_factor,
+                          on_error=on_error)
         self._cpp = _D.ThreadedLoader(dataset._cpp, self.batch_size, bool(shuffle), self.num_workers, seed,
-                                      bool(drop_last), self.pin_memory, int(prefetch_factor), self._skip)
+                                      bool(drop_last), self.pin_memory, int(prefetch_factor), self._skip,
+                                      int(num_replicas), int(rank))
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
         self.epoch = 0
+
+    def shard(self, num_replicas: int, rank: int) -> "DataLoader":
+        """This loader's ``rank``-th of ``num_replicas`` shards (the same options otherwise)."""
+        return DataLoader(self.dataset, **self._args, num_replicas=num_replicas, rank=rank)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next ``iter()`` loads (it counts up from 0 on its own)."""

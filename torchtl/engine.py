@@ -47,6 +47,39 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _process_group(device: Optional[str]):
+    """torch.distributed's default group, joined as it is or first initialized from torchrun's
+    environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); None when training in one process."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+            return None
+        cuda = str(device or default_device()).startswith("cuda")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if dist.get_world_size() == 1:
+        return None
+    backend = str(dist.get_backend())
+    if device is not None and not str(device).startswith("cuda") and backend == "nccl":
+        raise ValueError(f"device={device!r}, but the process group's backend is nccl, which reduces CUDA tensors only; "
+                         "initialize it with backend='gloo' for the CPU")
+    return dist.distributed_c10d._get_default_group()
+
+
+def _rank_device(device: Optional[str], group) -> str:
+    """Under torchrun, each rank takes the GPU its LOCAL_RANK names unless a device index was given."""
+    device = device or default_device()
+    if group is not None and str(device) == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', torch.distributed.get_rank() % torch.cuda.device_count()))}"
+    return device
+
+
+def _is_main_process(group) -> bool:
+    return group is None or group.rank() == 0
+
+
 def _cpp_model(model):
     """The C++ module fit trains: torchtl's own, a C++ Sequential over the model's tensors, or
     a C++ module that calls the model's Python forward."""
@@ -252,9 +285,21 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     progress: True for tqdm bars and a lasting line per epoch, False for none, or a callable taking a
     dict (training, epoch (from 1), epochs, batch, num_batches, images, loss, accuracy), called between
     batches at most every 0.2 s; returning False stops the run as Ctrl-C does.
+
+    Under ``torchrun`` (or with torch.distributed's default group initialized) fit trains data-parallel:
+    it joins the group, or initializes it from torchrun's environment (gloo on the CPU, nccl on CUDA,
+    each rank on the GPU its LOCAL_RANK names); every rank starts from rank 0's weights, trains on its
+    DistributedSampler-style shard of a ``torchtl.data.DataLoader`` (another iterable must be sharded
+    by the caller, with as many batches on every rank) and averages gradients with c10d all-reduce in
+    the C++ loop, so N ranks with batch B take the steps of one process with batch N*B. Validation is
+    split into disjoint shards and its counts and confusion matrix are summed; the history is the
+    whole run's. Only rank 0 writes ``checkpoint_dir`` and its logs and shows the bars; ``resume`` is
+    read by all.
     """
     hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
-    device = device or default_device()
+    group = _process_group(device)
+    device = _rank_device(device, group)
+    main = _is_main_process(group)
     if resume:
         resume_epoch = _resume_epoch(resume)
     else:
@@ -279,11 +324,11 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                    ignore_index=int(ignore_index), device=str(device), amp=amp or "off",
                    channels_last=True if channels_last is None else bool(channels_last), cache_features=cache,
                    checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
-                   resume=os.fspath(resume) if resume else "", seed=int(seed))
-    bar = progress if callable(progress) else _Bar(bool(progress))
+                   resume=os.fspath(resume) if resume else "", seed=int(seed), process_group=group)
+    bar = progress if callable(progress) else _Bar(bool(progress) and main)
     log = _runlog.RunLog({"engine": "torchtl", "task": task, "mode": mode, "device": str(device), "feature_cache": False},
                          epochs=int(epochs), checkpoint_dir=checkpoint_dir, resume_epoch=resume_epoch,
-                         tensorboard=tensorboard, echo=bar.write if isinstance(bar, _Bar) and bar.enabled else None)
+                         tensorboard=tensorboard, writes=main, echo=bar.write if isinstance(bar, _Bar) and bar.enabled else None)
     try:
         result = _E.fit(cpp, train_src, val_src, options, bar, log.epoch_end)
     except BaseException:
@@ -303,6 +348,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     partial = last if last is not None and not (logged and logged[-1]["epoch"] == last["epoch"]) else None
     done = logged[-1]["epoch"] if logged else (resume_epoch or 0)  # before finish() appends the partial one
     history = log.finish(partial if result["interrupted"] else None, interrupted=result["interrupted"])
+    if group is not None:
+        torch.distributed.barrier()  # fit returns on every rank once rank 0's files are complete
     if result["keyboard_interrupt"]:
         where = (f"; last.pt: {os.path.join(os.fspath(checkpoint_dir), 'last.pt')} (resume= it to continue)"
                  if checkpoint_dir else " (no checkpoint_dir: nothing saved)")
@@ -321,11 +368,12 @@ def evaluate(model, loader, *, task: str = "classification", device: Optional[st
     confusion-matrix metrics; ``miou`` averages the classes present in the target or the prediction,
     ``iou`` is NaN for the others). ``skipped`` counts the samples on_error="skip" dropped. ``amp`` and
     ``channels_last`` as in ``fit``."""
-    device = device or default_device()
+    group = _process_group(device)
+    device = _rank_device(device, group)
     model.to(device)
     options = dict(task=task, device=str(device), ignore_index=int(ignore_index), amp=amp or "off",
-                   channels_last=True if channels_last is None else bool(channels_last))
-    bar = _Bar(progress)
+                   channels_last=True if channels_last is None else bool(channels_last), process_group=group)
+    bar = _Bar(progress and _is_main_process(group))
     try:
         result = _E.evaluate(_cpp_model(model), _source(loader, "loader", need_len=False), options, bar)
     finally:

@@ -321,7 +321,7 @@ void init_data(py::module_& m) {
   py::class_<ThreadedLoader>(d, "ThreadedLoader")
       .def(py::init([](py::object dataset, int64_t batch_size, bool shuffle, int64_t num_workers,
                        const py::object& seed, bool drop_last, bool pin_memory, int64_t prefetch_factor,
-                       bool skip_errors) {
+                       bool skip_errors, int64_t num_replicas, int64_t rank) {
              auto options = LoaderOptions()
                                 .batch_size(batch_size)
                                 .shuffle(shuffle)
@@ -330,7 +330,9 @@ void init_data(py::module_& m) {
                                 .drop_last(drop_last)
                                 .pin_memory(pin_memory)
                                 .prefetch_factor(prefetch_factor)
-                                .skip_errors(skip_errors);
+                                .skip_errors(skip_errors)
+                                .num_replicas(num_replicas)
+                                .rank(rank);
              if (py::isinstance<MapDataset>(dataset)) {
                return make_loader(dataset.cast<std::shared_ptr<MapDataset>>(), options);
              }
@@ -340,7 +342,8 @@ void init_data(py::module_& m) {
              throw py::type_error("ThreadedLoader takes a MapDataset or SegmentationMapDataset");
            }),
            py::arg("dataset"), py::arg("batch_size"), py::arg("shuffle"), py::arg("num_workers"), py::arg("seed"),
-           py::arg("drop_last"), py::arg("pin_memory"), py::arg("prefetch_factor"), py::arg("skip_errors"))
+           py::arg("drop_last"), py::arg("pin_memory"), py::arg("prefetch_factor"), py::arg("skip_errors"),
+           py::arg("num_replicas") = 1, py::arg("rank") = 0)
       .def("__len__", &ThreadedLoader::num_batches)
       .def(
           "epoch", [](const ThreadedLoader& self, const py::object& epoch) { return self.epoch(unsigned_arg(epoch, "epoch")); },

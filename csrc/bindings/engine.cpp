@@ -78,6 +78,10 @@ FitOptions fit_options(const py::dict& d) {
       if (seed < 0) throw py::value_error("seed must be >= 0, got " + std::to_string(seed));
       o.seed(static_cast<uint64_t>(seed));
     }
+    // torch.distributed's own ProcessGroup object (torch._C._distributed_c10d), shared with C++.
+    else if (key == "process_group") {
+      if (!value.is_none()) o.process_group(value.cast<c10::intrusive_ptr<c10d::ProcessGroup>>());
+    }
     else throw py::value_error("unknown fit option '" + key + "'");
   }
   return o;

@@ -47,6 +47,12 @@ size_t count_batches(size_t n, const LoaderOptions& o) {
   return o.drop_last() ? n / bs : (n + bs - 1) / bs;
 }
 
+size_t shard_length(size_t n, const LoaderOptions& o) {
+  const auto replicas = static_cast<size_t>(o.num_replicas()), rank = static_cast<size_t>(o.rank());
+  if (o.pad_shards()) return (n + replicas - 1) / replicas;
+  return n > rank ? (n - rank + replicas - 1) / replicas : 0;
+}
+
 }  // namespace
 
 std::vector<int64_t> sample_order(size_t dataset_size, const LoaderOptions& options, uint64_t epoch) {
@@ -59,7 +65,15 @@ std::vector<int64_t> sample_order(size_t dataset_size, const LoaderOptions& opti
     order.resize(dataset_size);
     for (size_t i = 0; i < dataset_size; ++i) order[i] = static_cast<int64_t>(i);
   }
-  return order;
+  if (options.num_replicas() == 1 || order.empty()) return order;
+  const auto replicas = static_cast<size_t>(options.num_replicas());
+  if (options.pad_shards()) {
+    const size_t total = (dataset_size + replicas - 1) / replicas * replicas;
+    for (size_t i = 0; order.size() < total; ++i) order.push_back(order[i]);
+  }
+  std::vector<int64_t> shard;
+  for (size_t i = static_cast<size_t>(options.rank()); i < order.size(); i += replicas) shard.push_back(order[i]);
+  return shard;
 }
 
 LoaderEpoch::LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options, uint64_t epoch)
@@ -67,7 +81,7 @@ LoaderEpoch::LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size
       describe_(std::move(describe)),
       options_(std::move(options)),
       epoch_(epoch),
-      num_batches_(count_batches(dataset_size, options_)),
+      num_batches_(count_batches(shard_length(dataset_size, options_), options_)),
       window_(static_cast<size_t>(std::max<int64_t>(options_.num_workers(), 1) * options_.prefetch_factor())),
       pid_(::getpid()) {
   order_ = sample_order(dataset_size, options_, epoch_);
@@ -251,9 +265,18 @@ ThreadedLoader::ThreadedLoader(SampleFn load, DescribeFn describe, size_t datase
                     "num_workers must be between 0 and ", kMaxLoaderWorkers, ", got ", options_.num_workers());
   TORCH_CHECK_VALUE(options_.prefetch_factor() > 0, "prefetch_factor must be positive, got ",
                     options_.prefetch_factor());
+  TORCH_CHECK_VALUE(options_.num_replicas() > 0, "num_replicas must be positive, got ", options_.num_replicas());
+  TORCH_CHECK_VALUE(options_.rank() >= 0 && options_.rank() < options_.num_replicas(), "rank must be in [0, ",
+                    options_.num_replicas(), "), got ", options_.rank());
 }
 
-size_t ThreadedLoader::num_batches() const { return count_batches(dataset_size_, options_); }
+size_t ThreadedLoader::shard_size() const { return shard_length(dataset_size_, options_); }
+
+size_t ThreadedLoader::num_batches() const { return count_batches(shard_size(), options_); }
+
+ThreadedLoader ThreadedLoader::with_options(LoaderOptions options) const {
+  return ThreadedLoader(load_, describe_, dataset_size_, std::move(options));
+}
 
 std::vector<std::vector<int64_t>> ThreadedLoader::batch_indices(uint64_t epoch) const {
   const auto order = sample_order(dataset_size_, options_, epoch);

@@ -43,9 +43,18 @@ struct LoaderOptions {
   TORCH_ARG(int64_t, prefetch_factor) = 2;
   // Drop samples that fail to load (reported in Batch::skipped) instead of raising.
   TORCH_ARG(bool, skip_errors) = false;
+  // Data-parallel sharding, torch.utils.data.DistributedSampler's: rank r of num_replicas takes
+  // every num_replicas-th sample of the epoch's order, starting at r.
+  TORCH_ARG(int64_t, num_replicas) = 1;
+  TORCH_ARG(int64_t, rank) = 0;
+  // Pads the order by repeating its start so every rank gets as many samples (DistributedSampler
+  // with drop_last=False: ranks take the same number of steps). false gives ranks the disjoint,
+  // possibly unequal, shards an exact evaluation needs.
+  TORCH_ARG(bool, pad_shards) = true;
 };
 
-// The order in which an epoch visits the samples: seeded by (seed, epoch) when shuffling.
+// The order in which an epoch visits the samples: seeded by (seed, epoch) when shuffling, the same
+// on every rank, then this rank's shard of it.
 std::vector<int64_t> sample_order(size_t dataset_size, const LoaderOptions& options, uint64_t epoch);
 
 struct Batch {
@@ -111,11 +120,15 @@ class ThreadedLoader {
   ThreadedLoader(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options);
   size_t num_batches() const;
   size_t dataset_size() const { return dataset_size_; }
+  // The samples this rank's epochs visit (dataset_size() unless sharded).
+  size_t shard_size() const;
   std::unique_ptr<LoaderEpoch> epoch(uint64_t epoch) const;
   // The dataset indices of each batch of `epoch`, without loading anything (batches made of
   // skipped samples aside): what a training loop over cached features iterates.
   std::vector<std::vector<int64_t>> batch_indices(uint64_t epoch) const;
   const LoaderOptions& options() const { return options_; }
+  // The same loader with other options (e.g. sharded), sharing the dataset.
+  ThreadedLoader with_options(LoaderOptions options) const;
 
  private:
   SampleFn load_;

@@ -275,10 +275,43 @@ bool all_finite(const nn::Module& model) {
 // Frozen features by dataset index, with the label: feature_extractor mode computes them once.
 using FeatureCache = std::unordered_map<int64_t, std::pair<torch::Tensor, torch::Tensor>>;
 
+// Whether `cache` holds every sample of `loader`'s epoch (a rank's shard changes every epoch).
+bool covers(const FeatureCache& cache, const data::ThreadedLoader& loader, uint64_t epoch) {
+  if (cache.empty()) return false;
+  for (const auto& batch : loader.batch_indices(epoch)) {
+    for (auto i : batch) {
+      if (!cache.count(i)) return false;
+    }
+  }
+  return true;
+}
+
+// This rank's part of `source`: torchtl's loader is sharded here (`pad`: equal shards, so ranks take
+// as many training steps; otherwise the disjoint shards an exact evaluation needs). Any other
+// source is the caller's to shard (a DistributedSampler), and is used as it is.
+class ShardedSource : public BatchSource {
+ public:
+  ShardedSource(const BatchSource& source, const Distributed& distributed, bool pad) : source_(source) {
+    if (source.loader()) shard_.emplace(distributed.shard(*source.loader(), pad));
+  }
+  int64_t num_batches() const override {
+    return shard_ ? static_cast<int64_t>(shard_->num_batches()) : source_.num_batches();
+  }
+  std::function<std::optional<data::Batch>()> epoch(uint64_t epoch) const override {
+    return shard_ ? LoaderSource(*shard_).epoch(epoch) : source_.epoch(epoch);
+  }
+  const data::ThreadedLoader* loader() const override { return shard_ ? &*shard_ : nullptr; }
+
+ private:
+  const BatchSource& source_;
+  std::optional<data::ThreadedLoader> shard_;
+};
+
 // One pass over `loader`. With `cache` (a ResNet in feature_extractor mode, deterministic data),
 // the frozen features are taken from it when it covers the data set, and stored into it otherwise.
 EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitOptions& o, torch::Device device,
-                          int64_t epoch, const ProgressFn& progress, const WarningFn& warning, bool& stopped,
+                          const Distributed& distributed, int64_t epoch, const ProgressFn& progress,
+                          const WarningFn& warning, bool& stopped,
                           FeatureCache* cache = nullptr) {
   torch::NoGradGuard no_grad;
   view.root->eval();
@@ -292,7 +325,7 @@ EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitO
   const auto num_batches = source.num_batches();
   const auto* loader = source.loader();
   if (!loader) cache = nullptr;
-  const bool from_cache = cache && view.resnet && cache->size() == loader->dataset_size();
+  const bool from_cache = cache && view.resnet && covers(*cache, *loader, 0);
   // Yields the next (input, target, input_is_features) or nothing at the end.
   std::function<std::optional<data::Batch>()> stream;
   std::vector<std::vector<int64_t>> cached_batches;
@@ -365,6 +398,21 @@ EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitO
     }
   }
   warn_skipped(warning, r.skipped, c10::str("evaluation", o.epochs() > 1 || epoch > 0 ? c10::str(" after epoch ", epoch + 1) : ""));
+  // The whole validation set's metrics: every rank's counts and confusion matrix, summed. A rank
+  // whose shard is empty contributes zeros; one that was stopped stops them all.
+  const auto totals = distributed.all_reduce_sum({loss_sum, static_cast<double>(r.images), static_cast<double>(correct1),
+                                                  static_cast<double>(correct5), stopped ? 1.0 : 0.0});
+  loss_sum = totals[0];
+  r.images = static_cast<int64_t>(totals[1]);
+  correct1 = static_cast<int64_t>(totals[2]);
+  correct5 = static_cast<int64_t>(totals[3]);
+  stopped = totals[4] > 0;
+  const auto num_classes = distributed.all_reduce_max(confusion ? confusion->num_classes() : 0);
+  if (!confusion && num_classes > 0) confusion = std::make_unique<ConfusionMatrix>(num_classes);
+  if (confusion) {
+    auto matrix = confusion->matrix();  // a handle on the matrix's storage, summed in place
+    distributed.all_reduce_sum(matrix);
+  }
   TORCH_CHECK_VALUE(r.images > 0, "the evaluation loader yielded no batch (empty map file, drop_last with fewer ",
                     "samples than batch_size, or every sample skipped)");
   r.loss = loss_sum / r.images;
@@ -452,15 +500,27 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoad
   return fit(model, train_source, val_source ? &*val_source : nullptr, o, progress, epoch_end, warning);
 }
 
-FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train, const BatchSource* val,
-              const FitOptions& o, const ProgressFn& progress, const EpochEndFn& epoch_end, const WarningFn& warning) {
+FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsharded_train,
+              const BatchSource* unsharded_val, const FitOptions& o, const ProgressFn& progress, const EpochEndFn& epoch_end, const WarningFn& warning) {
   models::ExactModeGuard exact(models::exact_mode() || !o.channels_last());
   ModelView view(model, o.task());
+  // Each rank trains on an equal share and validates on a disjoint one (exact summed metrics).
+  const Distributed distributed(o.process_group(), resolve_device(o.device()));
+  const ShardedSource train(unsharded_train, distributed, /*pad=*/true);
+  std::optional<ShardedSource> val_shard;
+  if (unsharded_val) val_shard.emplace(*unsharded_val, distributed, /*pad=*/false);
+  const BatchSource* val = val_shard ? &*val_shard : nullptr;
   TORCH_CHECK_VALUE(o.mode() == "scratch" || o.mode() == "finetune" || o.mode() == "feature_extractor", "unknown mode '",
                     o.mode(), "'; choose scratch, finetune or feature_extractor");
   TORCH_CHECK_VALUE(o.epochs() > 0, "epochs must be positive, got ", o.epochs());
   TORCH_CHECK_VALUE(o.max_nonfinite_losses() > 0, "max_nonfinite_losses must be positive, got ", o.max_nonfinite_losses());
   const auto iters_per_epoch = static_cast<int64_t>(train.num_batches());
+  // Every step all-reduces, so ranks must take as many; a caller-sharded iterable may not.
+  const auto most_iters = distributed.all_reduce_max(iters_per_epoch);
+  const auto fewest_iters = -distributed.all_reduce_max(-iters_per_epoch);
+  TORCH_CHECK_VALUE(most_iters == fewest_iters, "data-parallel training needs as many batches per epoch on every rank, ",
+                    "but the ranks' training data yield between ", fewest_iters, " and ", most_iters,
+                    " (shard it with a DistributedSampler, whose drop_last=False pads the shards equal)");
   TORCH_CHECK_VALUE(iters_per_epoch > 0, "the training loader yields no batch (empty map file, or drop_last with fewer ",
                     "samples than batch_size)");
   const auto device = resolve_device(o.device());
@@ -515,7 +575,11 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
     auto generator = at::detail::getDefaultCPUGenerator();  // a handle on the global generator
     generator.set_state(ckpt.at("rng_state").toTensor());
   }
-  if (!o.checkpoint_dir().empty()) std::filesystem::create_directories(o.checkpoint_dir());
+  // Every rank starts from rank 0's weights, as DistributedDataParallel does.
+  std::vector<torch::Tensor> model_state = model->parameters();
+  for (const auto& b : model->buffers()) model_state.push_back(b);
+  distributed.broadcast(model_state);
+  if (!o.checkpoint_dir().empty() && distributed.is_main_process()) std::filesystem::create_directories(o.checkpoint_dir());
 
   // feature_extractor + deterministic data: the frozen features of each sample never change.
   const bool use_cache = extract && o.cache_features() && view.resnet != nullptr && train.loader() != nullptr;
@@ -537,7 +601,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
     double loss_sum = 0.0;
     int64_t correct = 0, batch_index = 0;
     Throttle throttle;
-    const bool from_cache = use_cache && !cache.empty() && static_cast<size_t>(cache.size()) == train.loader()->dataset_size();
+    const bool from_cache = use_cache && covers(cache, *train.loader(), static_cast<uint64_t>(epoch));
 
     auto train_step = [&](const torch::Tensor& input, const torch::Tensor& target, bool input_is_features) {
       const double factor = schedule.factor(state.iteration);
@@ -579,7 +643,8 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
         }
       }
       const double value = loss.item<double>();
-      if (!std::isfinite(value)) {
+      // Ranks skip a step together: one that skipped its all-reduce would leave the others waiting.
+      if (distributed.any(!std::isfinite(value))) {
         // Its gradients would make every weight NaN: the step is skipped, as GradScaler skips one.
         ++record.nonfinite_losses;
         ++nonfinite_total;
@@ -587,7 +652,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
         record.step_losses.push_back(value);
         if (nonfinite_total == 1) {
           warn(warning, Warning::NonFiniteLoss,
-               c10::str("the loss is ", value, " at epoch ", epoch + 1, ", step ", record.step_losses.size(),
+               c10::str("the loss is ", std::isfinite(value) ? c10::str("non-finite on another rank") : c10::str(value), " at epoch ", epoch + 1, ", step ", record.step_losses.size(),
                         ": its optimizer step is skipped; the run stops at max_nonfinite_losses=",
                         o.max_nonfinite_losses(), " such losses (a smaller lr or clip_grad_norm may help)"));
         }
@@ -598,6 +663,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
         return;
       }
       scaler.scaled(loss).backward();
+      distributed.all_reduce_gradients(params);
       if (scaler.unscale(params)) {
         if (o.clip_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(params, o.clip_grad_norm());
         optimizer->step();
@@ -618,6 +684,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
                    view.segmentation ? -1.0 : static_cast<double>(correct) / record.images};
         if (!progress(p)) stop = true;
       }
+      stop = distributed.any(stop);
     };
 
     if (from_cache) {
@@ -656,6 +723,15 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
         if (stop) break;
       }
     }
+    // The history is the whole run's: every rank's batches, and rank 0's batch-norm statistics
+    // (DistributedDataParallel's broadcast_buffers, which leaves every rank with rank 0's).
+    const auto totals =
+        distributed.all_reduce_sum({loss_sum, static_cast<double>(record.images), static_cast<double>(correct)});
+    loss_sum = totals[0];
+    record.images = static_cast<int64_t>(totals[1]);
+    correct = static_cast<int64_t>(totals[2]);
+    record.step_losses = distributed.all_reduce_mean(record.step_losses);
+    if (!extract) distributed.broadcast(model->buffers());
     record.seconds = seconds_since(start);
     record.train_loss = record.images ? loss_sum / record.images : 0.0;
     record.train_acc = view.segmentation ? -1.0 : (record.images ? static_cast<double>(correct) / record.images : 0.0);
@@ -669,7 +745,8 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
     }
     if (val) {
       bool stopped = false;
-      record.val = run_evaluation(view, *val, o, device, epoch, progress, warning, stopped, use_cache ? &val_cache : nullptr);
+      record.val = run_evaluation(view, *val, o, device, distributed, epoch, progress, warning, stopped,
+                                  use_cache ? &val_cache : nullptr);
       record.has_val = true;
       if (stopped) {
         result.interrupted = true;
@@ -682,16 +759,18 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& train
       if (std::isfinite(metric) && (no_best || metric > state.best_metric) && all_finite(*model)) {
         state.best_metric = metric;
         state.best_epoch = epoch;
-        if (!o.checkpoint_dir().empty()) io::save_weights(*model, o.checkpoint_dir() + "/best.pt");
+        if (!o.checkpoint_dir().empty() && distributed.is_main_process()) {
+          io::save_weights(*model, o.checkpoint_dir() + "/best.pt");
+        }
       }
     }
     state.epochs_done = epoch + 1;
-    if (!o.checkpoint_dir().empty()) {
+    if (!o.checkpoint_dir().empty() && distributed.is_main_process()) {
       write_checkpoint(o.checkpoint_dir() + "/last.pt", *model, *optimizer, o, state, names, params);
     }
     record.best_metric = state.best_metric;
     record.best_epoch = state.best_epoch;
-    const bool keep_going = !epoch_end || epoch_end(record);
+    const bool keep_going = !distributed.any(epoch_end && !epoch_end(record));
     result.epochs.push_back(std::move(record));
     if (!keep_going) {
       result.interrupted = epoch + 1 < o.epochs();
@@ -709,8 +788,10 @@ EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const BatchSource&
   ModelView view(model, options.task());
   const auto device = resolve_device(options.device());
   model->to(device);
+  const Distributed distributed(options.process_group(), device);
+  const ShardedSource shard(loader, distributed, /*pad=*/false);
   bool stopped = false;
-  return run_evaluation(view, loader, options, device, 0, progress, warning, stopped);
+  return run_evaluation(view, shard, options, device, distributed, 0, progress, warning, stopped);
 }
 
 EvalResult evaluate(const std::shared_ptr<nn::Module>& model, const data::ThreadedLoader& loader, const FitOptions& options,

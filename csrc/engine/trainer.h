@@ -11,6 +11,7 @@
 
 #include "data/loader.h"
 #include "engine/batch_source.h"
+#include "engine/distributed.h"
 #include "engine/param_groups.h"
 
 namespace torchtl::engine {
@@ -53,6 +54,8 @@ struct FitOptions {
   TORCH_ARG(std::string, checkpoint_dir) = "";  // best.pt (by validation metric) and last.pt
   TORCH_ARG(std::string, resume) = "";          // a last.pt to continue from
   TORCH_ARG(uint64_t, seed) = 0;
+  // Data-parallel training over this c10d group (see engine/distributed.h); null: one process.
+  TORCH_ARG(c10::intrusive_ptr<c10d::ProcessGroup>, process_group);
 };
 
 struct Progress {

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def lr_factor(it: int, *, kind: str, epochs: int, iters_per_epoch: int, step_size: int = 7, gamma: float = 0.1,
@@ -170,6 +171,16 @@ def _finite(model) -> bool:
                if t.is_floating_point())
 
 
+def _any_rank(flag: bool, process_group, device) -> bool:
+    """True on every rank when ``flag`` is on any: ranks skip a step together, or DDP's all-reduce
+    would leave the others waiting."""
+    if process_group is None:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def fit(model, train_loader, val_loader=None, *, task: str = "classification", mode: str = "finetune",
         optimizer="sgd", lr: Optional[float] = None, momentum: Optional[float] = None,
         weight_decay: Optional[float] = None, nesterov: Optional[bool] = None, head_lr: Optional[float] = None,
@@ -186,9 +197,14 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     amp and channels_last as in torchtl.engine.fit: autocast around the forward passes, and the
     convolution weights and batches in channels_last for the run (weights restored afterwards).
     ``channels_last=False, amp=None`` is torchvision's default execution.
+
+    Under torch.distributed (the same group torchtl.engine.fit joins) the model trains inside
+    DistributedDataParallel on this rank's shard of a ``torchtl.data.DataLoader`` (another iterable is
+    the caller's to shard); every rank evaluates the whole validation set, the history is the whole
+    run's, and rank 0 alone writes.
     """
     from torchtl import _runlog
-    from torchtl.engine import _Bar, _class_weights, check_run_arguments
+    from torchtl.engine import _Bar, _class_weights, _is_main_process, _process_group, _rank_device, check_run_arguments
 
     if resume:
         raise ValueError("torchtl.reference.fit does not resume; torchtl.engine.fit does")
@@ -196,7 +212,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         raise ValueError(f"unknown mode '{mode}'; choose scratch, finetune or feature_extractor")
     hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
     _runlog.check_fresh_dir(checkpoint_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    process_group = _process_group(device)
+    device = _rank_device(device, process_group)
+    main = _is_main_process(process_group)
     dtype = _amp_dtype(amp, device)
     channels_last = channels_last is None or bool(channels_last)
     segmentation = task == "segmentation"
@@ -229,21 +247,27 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         optimizer_groups(optimizer)  # the same checks as the C++ engine's
         opt = optimizer
         base_lrs = [float(g["lr"]) for g in opt.param_groups]
+    if process_group is not None and hasattr(train_loader, "shard") and train_loader.num_replicas == 1:
+        train_loader = train_loader.shard(process_group.size(), process_group.rank())
     iters = len(train_loader)
     if iters == 0:
         raise ValueError("the training loader yields no batch")
     lr_factor(0, kind=lr_schedule, epochs=epochs, iters_per_epoch=iters)  # validates the name
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
-    if checkpoint_dir:
+    if checkpoint_dir and main:
         os.makedirs(checkpoint_dir, exist_ok=True)
-    bar = _Bar(progress is True)
+    bar = _Bar(progress is True and main)
     log = _runlog.RunLog({"engine": "python", "task": task, "mode": mode, "device": str(device), "feature_cache": False},
                          epochs=epochs, checkpoint_dir=checkpoint_dir, tensorboard=tensorboard,
-                         echo=bar.write if progress is True else None)
+                         writes=main, echo=bar.write if progress is True and main else None)
     best_metric, best_epoch, nonfinite, it = None, None, 0, 0
     record = None
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # Built after the layout change, so its gradient buckets match the weights' strides. The frozen part
+    # builds no graph (neither its input nor its weights need grad), so running the whole model through
+    # DDP costs what the no_grad feature path costs.
+    ddp = DistributedDataParallel(model) if process_group is not None else None
     try:
         for epoch in range(1, epochs + 1):
             model.train()
@@ -264,7 +288,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 opt.zero_grad()
                 with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
                     if segmentation:
-                        if extract:
+                        if ddp is not None:
+                            out = ddp(x)
+                        elif extract:
                             with torch.no_grad():
                                 features = model.backbone(x)
                             out = _segmentation_heads(model, features, x.shape[-2:])
@@ -273,7 +299,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                         loss = _segmentation_loss(out, y, aux_weight, ignore_index, weight)
                         logits = None
                     else:
-                        if extract:
+                        if ddp is not None:
+                            logits = ddp(x)
+                        elif extract:
                             with torch.no_grad():
                                 features = _resnet_features(model, x)
                             logits = model.fc(features)
@@ -283,7 +311,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 value = loss.detach().item()
                 it += 1
                 record["step_losses"].append(value)
-                if not math.isfinite(value):  # the step is skipped, as in torchtl::engine::fit
+                if _any_rank(not math.isfinite(value), process_group, device):  # skipped, as in torchtl::engine::fit
                     nonfinite += 1
                     record["nonfinite_losses"] += 1
                     if nonfinite == 1:
@@ -304,6 +332,13 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 images += x.shape[0]
                 if logits is not None:
                     correct += int((logits.argmax(1) == y).sum())
+            if process_group is not None:
+                steps = torch.tensor(record["step_losses"], dtype=torch.float64, device=device)
+                totals = torch.tensor([loss_sum, images, correct], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(steps)
+                torch.distributed.all_reduce(totals)
+                record["step_losses"] = (steps / process_group.size()).tolist()
+                loss_sum, images, correct = totals[0].item(), int(totals[1]), int(totals[2])
             seconds = time.perf_counter() - start
             record.update(train_loss=loss_sum / max(images, 1), images=images, seconds=seconds,
                           images_per_second=images / seconds if seconds > 0 else 0.0)
@@ -316,9 +351,9 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 metric = val["miou"] if segmentation else val["acc1"]
                 if math.isfinite(metric) and (best_metric is None or metric > best_metric) and _finite(model):
                     best_metric, best_epoch = metric, epoch
-                    if checkpoint_dir:
+                    if checkpoint_dir and main:
                         torch.save(dict(model.state_dict()), os.path.join(checkpoint_dir, "best.pt"))
-            if checkpoint_dir:
+            if checkpoint_dir and main:
                 torch.save({"model": dict(model.state_dict()), "epoch": epoch},
                            os.path.join(checkpoint_dir, "last.pt"))
             record.update(best_metric=best_metric, best_epoch=best_epoch)
@@ -328,7 +363,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         log.finish(record)
         message = (f"training interrupted after {epoch - 1} of {epochs} epochs"
                    + (f"; last.pt: {os.path.join(os.fspath(checkpoint_dir), 'last.pt')}" if checkpoint_dir else ""))
-        if progress is True:
+        if progress is True and main:
             bar.write(message)
         raise KeyboardInterrupt(message) from None
     except BaseException:
@@ -337,4 +372,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     finally:
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
-    return log.finish()
+    history = log.finish()
+    if process_group is not None:
+        torch.distributed.barrier()  # fit returns on every rank once rank 0's files are complete
+    return history

@@ -1,0 +1,215 @@
+"""Data-parallel training on torch.distributed: 2 CPU ranks (gloo) launched by torchrun on 127.0.0.1
+give what one process gives with twice the batch; only rank 0 writes; resume works."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+import torchtl
+from torchtl import data
+
+from test_engine import write_classification_set
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMEOUT = 240  # seconds a torchrun launch may take before the test fails (it never waits forever)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args, nproc=2, cwd=None):
+    """Runs ``torchrun --nproc_per_node nproc ARGS`` with its rendezvous on 127.0.0.1."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=cwd)
+    assert out.returncode == 0, f"torchrun failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    train = write_classification_set(root)  # 16 images
+    val = root / "val.txt"
+    val.write_text("".join(train.read_text().splitlines(keepends=True)[:15]))  # odd: unequal val shards
+    return train, val
+
+
+def loader_indices(loader, epoch):
+    stream = loader._cpp.epoch(epoch)
+    out = []
+    while (batch := stream.next()) is not None:
+        out.append(list(batch[2]))
+    return out
+
+
+@pytest.mark.parametrize("n, replicas", [(16, 2), (15, 2), (10, 3), (2, 3)])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_loader_shards_like_distributed_sampler(maps, n, replicas, shuffle):
+    train, _ = maps
+    lines = train.read_text().splitlines(keepends=True)[:n]
+    small = train.parent / f"first{n}.txt"
+    small.write_text("".join(lines))
+    ds = data.MapDataset(small)
+    whole = data.DataLoader(ds, batch_size=n, shuffle=shuffle, num_workers=0, seed=5)
+    for epoch in (0, 1):
+        order = loader_indices(whole, epoch)[0]
+        shards = []
+        for rank in range(replicas):
+            sharded = data.DataLoader(ds, batch_size=2, shuffle=shuffle, num_workers=1, seed=5,
+                                      num_replicas=replicas, rank=rank)
+            # DistributedSampler's padding and stride over the same epoch order.
+            sampler = DistributedSampler(order, num_replicas=replicas, rank=rank, shuffle=False)
+            expected = [order[i] for i in sampler]
+            got = loader_indices(sharded, epoch)
+            assert [i for b in got for i in b] == expected
+            assert len(sharded) == len(got) == -(-len(expected) // 2)
+            shards.append(expected)
+        assert len({len(s) for s in shards}) == 1  # equal steps on every rank
+        assert set(i for s in shards for i in s) == set(range(n))
+
+
+def test_loader_sharding_errors(maps):
+    ds = data.MapDataset(maps[0])
+    with pytest.raises(ValueError, match="rank must be in"):
+        data.DataLoader(ds, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="num_replicas must be positive"):
+        data.DataLoader(ds, num_replicas=0)
+
+
+def single_process(maps, batch_size, epochs):
+    train, val = maps
+    torch.manual_seed(0)
+    model = torchtl.models.resnet18(num_classes=2)
+    transform = data.classification_transform(train=False, size=32, resize_size=32)
+    train_loader = data.DataLoader(data.MapDataset(train, transform=transform), batch_size=batch_size, shuffle=True,
+                                   num_workers=1, seed=0)
+    val_loader = data.DataLoader(data.MapDataset(val, transform=transform), batch_size=3, num_workers=1)
+    history = torchtl.engine.fit(model, train_loader, val_loader, mode="feature_extractor", optimizer="sgd", lr=0.05,
+                                 momentum=0.9, epochs=epochs, device="cpu", progress=False)
+    return model, history, torchtl.engine.evaluate(model, val_loader, device="cpu")
+
+
+def assert_same_run(ranks, model, history, epochs, rtol=1e-5):
+    """Every rank ends with the single process's weights, history and evaluation, within rounding."""
+    for r in ranks:
+        assert r["world_size"] == 2
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(r["state_dict"][k], v, rtol=rtol, atol=rtol / 10, msg=k)
+        h = r["history"]
+        assert [e["epoch"] for e in h["epochs"]] == list(range(epochs - len(h["epochs"]) + 1, epochs + 1))
+        for got, want in zip(h["epochs"], history["epochs"][-len(h["epochs"]):]):
+            assert got["images"] == want["images"] == 16
+            torch.testing.assert_close(torch.tensor(got["step_losses"]), torch.tensor(want["step_losses"]),
+                                       rtol=rtol, atol=rtol / 10)
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=rtol)
+            assert got["train_acc"] == want["train_acc"]
+            assert got["val"]["images"] == 15  # disjoint validation shards: no sample twice
+            assert got["val"]["confusion"] == want["val"]["confusion"]
+            assert got["val"]["loss"] == pytest.approx(want["val"]["loss"], rel=rtol)
+        assert torch.equal(r["evaluate"]["confusion"], ranks[0]["evaluate"]["confusion"])
+        assert r["evaluate"]["loss"] == pytest.approx(ranks[0]["evaluate"]["loss"], rel=1e-12)
+
+
+def test_two_ranks_equal_one_process_with_twice_the_batch_and_resume(maps, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    worker = os.path.join(HERE, "distributed_worker.py")
+    common = ["--train", str(maps[0]), "--val", str(maps[1]), "--out", str(out), "--batch-size", "4"]
+    # Each rank is given its own checkpoint dir: only rank 0's may be written to.
+    run = tmp_path / "run_rank"
+    torchrun([worker, *common, "--epochs", "2", "--checkpoint-dir", f"{run}{{rank}}"])
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    model, history, evaluated = single_process(maps, batch_size=8, epochs=2)
+    assert_same_run(ranks, model, history, epochs=2)
+    assert torch.equal(ranks[0]["evaluate"]["confusion"], evaluated["confusion"])
+    assert ranks[0]["evaluate"]["loss"] == pytest.approx(evaluated["loss"], rel=1e-5)
+    assert {"best.pt", "history.json", "last.pt", "metrics.csv"} <= set(os.listdir(f"{run}0"))
+    assert not os.path.exists(f"{run}1")
+    ckpt = torch.load(f"{run}0/last.pt")
+    assert ckpt["epoch"] == 2
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ckpt["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+    # Resume: every rank loads rank 0's last.pt and goes on to epoch 3.
+    torchrun([worker, *common, "--epochs", "3", "--checkpoint-dir", f"{run}{{rank}}", "--resume",
+              f"{run}0/last.pt"])
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    model, history, _ = single_process(maps, batch_size=8, epochs=3)
+    # The history continues the run folder's history.json: rank 0's holds epochs 1-2; rank 1 was given a
+    # folder of its own (to show it writes nothing), with no earlier history to continue.
+    assert [len(r["history"]["epochs"]) for r in ranks] == [3, 1]
+    assert [e["epoch"] for e in json.loads((tmp_path / "run_rank0" / "history.json").read_text())["epochs"]] == [1, 2, 3]
+    assert_same_run(ranks, model, history, epochs=3)
+    assert torch.load(f"{run}0/last.pt")["epoch"] == 3
+    assert not os.path.exists(f"{run}1")
+
+
+def test_python_twin_with_ddp_matches_the_cpp_loop(maps, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
+              str(out), "--batch-size", "4", "--epochs", "2", "--checkpoint-dir", str(tmp_path / "run"),
+              "--engine", "reference"])
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    model, history, _ = single_process(maps, batch_size=8, epochs=2)
+    assert_same_run(ranks, model, history, epochs=2, rtol=1e-4)  # the C++ and Python loops agree to 1e-4
+    assert {"best.pt", "history.json", "last.pt", "metrics.csv"} <= set(os.listdir(tmp_path / "run"))
+
+
+def test_torchrun_cli_train(tmp_path):
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(("ants", "bees")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(5):
+            img = (torch.rand(3, 32, 32, generator=g) * 80).to(torch.uint8)
+            img[c] += 120
+            write_png(img, str(tmp_path / "images" / name / f"{i}.png"))
+    run = tmp_path / "run"
+    result = torchrun(["-m", "torchtl", "train", "classification", "--train", str(tmp_path / "images"), "--arch",
+                       "resnet18", "--epochs", "2", "--batch-size", "2", "--size", "32", "--device", "cpu", "--out",
+                       str(run), "--quiet"], cwd=tmp_path)
+    assert result.stdout.count("epoch 2:") == 1  # rank 0 alone prints
+    assert set(os.listdir(run)) - {"tensorboard"} == {"config.json", "history.json", "last.pt", "metrics.csv", "train.txt",
+                                                      "train_classes.txt"}
+    history = json.loads((run / "history.json").read_text())
+    # 10 images, batch 2 on each of 2 ranks, drop_last: 2 steps of 4 images, the whole run's count.
+    assert [e["images"] for e in history["epochs"]] == [8, 8]
+    assert len(history["epochs"][0]["step_losses"]) == 2
+
+
+UNEQUAL_WORKER = """
+import torch
+import torchtl
+
+rank = int(__import__("os").environ["RANK"])
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+batches = [(torch.randn(2, 3, 2, 2), torch.tensor([0, 1]))] * (2 + rank)  # a caller's unequal shards
+try:
+    torchtl.engine.fit(model, batches, device="cpu", progress=False)
+except ValueError as e:
+    print(f"rank {rank}: {e}")
+"""
+
+
+def test_unequal_caller_sharded_batches_raise_on_every_rank(tmp_path):
+    # A Python iterable is the caller's to shard; ranks taking unequal steps would wait for each other
+    # in the gradient all-reduce forever, so fit refuses on every rank before the first step.
+    script = tmp_path / "unequal.py"
+    script.write_text(UNEQUAL_WORKER)
+    result = torchrun([str(script)])
+    for rank in range(2):
+        assert f"rank {rank}: data-parallel training needs as many batches per epoch on every rank" in result.stdout
+        assert "between 2 and 3" in result.stdout
