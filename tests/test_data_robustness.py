@@ -174,6 +174,48 @@ def test_mask_values_beyond_num_classes_name_the_mask(tmp_path):
         data.SegmentationMapDataset(tmp_path / "seg.txt", num_classes=0)
 
 
+def test_fit_and_evaluate_name_the_mask_holding_a_class_the_model_lacks(tmp_path):
+    # The dataset was built without num_classes=: the engine checks each batch against the
+    # model's classes, so the error names the file instead of torch's "Target 7 is out of bounds".
+    import torchtl
+
+    _jpeg(tmp_path / "x.jpg")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[0, 0] = 255
+    Image.fromarray(mask).save(tmp_path / "ok.png")
+    mask[2, 2] = 7
+    Image.fromarray(mask).save(tmp_path / "bad.png")
+    (tmp_path / "seg.txt").write_text("x.jpg\tok.png\nx.jpg\tbad.png\n")
+    loader = data.DataLoader(data.SegmentationMapDataset(tmp_path / "seg.txt", data.segmentation_transform(False, 16)),
+                             batch_size=2, num_workers=1, seed=0)
+    model = torchtl.segmentation.fcn_resnet50(num_classes=5, weights_backbone=None)
+    expected = (r"seg.txt', line 2 \(mask '.*bad.png'\): the target holds class 7 but the model has 5 classes"
+                r".*or ignore_index 255")
+    with pytest.raises(ValueError, match=expected):
+        torchtl.engine.evaluate(model, loader, task="segmentation", device="cpu")
+    with pytest.raises(ValueError, match=expected):
+        torchtl.engine.fit(model, loader, task="segmentation", mode="scratch", epochs=1, device="cpu",
+                           checkpoint_dir=tmp_path / "run", progress=False)
+    # ignore_index and classes below 5 train.
+    (tmp_path / "good.txt").write_text("x.jpg\tok.png\nx.jpg\tok.png\n")
+    good = data.DataLoader(data.SegmentationMapDataset(tmp_path / "good.txt", data.segmentation_transform(False, 16)),
+                           batch_size=2, num_workers=1, seed=0)
+    assert torchtl.engine.evaluate(model, good, task="segmentation", device="cpu")["loss"] >= 0
+
+
+def test_fit_names_the_sample_whose_label_the_model_lacks(tmp_path):
+    import torchtl
+
+    for name in ("a", "b", "c"):
+        _jpeg(tmp_path / f"{name}.jpg")
+    (tmp_path / "train.txt").write_text("a.jpg\t0\nb.jpg\t4\nc.jpg\t1\n")
+    loader = data.DataLoader(data.MapDataset(tmp_path / "train.txt", data.classification_transform(False, 16, resize_size=16),
+                                             num_classes=None), batch_size=3, num_workers=1, seed=0)
+    with pytest.raises(ValueError, match=r"train.txt', line 2: the target holds class 4 but the model has 3 classes"):
+        torchtl.engine.fit(torchtl.models.resnet18(num_classes=3), loader, mode="scratch", epochs=1, device="cpu",
+                           checkpoint_dir=tmp_path / "run", progress=False)
+
+
 # --- seeds and epochs ---------------------------------------------------------------------------
 
 

@@ -66,7 +66,9 @@ SegmentationMapDataset::SegmentationMapDataset(const std::string& map_file, Segm
 
 std::string SegmentationMapDataset::describe(size_t index) const {
   check_index(index, map_);
-  return data::describe(map_, map_.entries[index]);
+  const auto& entry = map_.entries[index];
+  // The mask is named too: an error found in a batch's targets (e.g. by fit) points at the file.
+  return data::describe(map_, entry) + " (mask '" + printable(entry.target) + "')";
 }
 
 torch::data::Example<> SegmentationMapDataset::load(size_t index, uint64_t epoch) const {

@@ -127,6 +127,8 @@ class ThreadedLoader {
   // skipped samples aside): what a training loop over cached features iterates.
   std::vector<std::vector<int64_t>> batch_indices(uint64_t epoch) const;
   const LoaderOptions& options() const { return options_; }
+  // The dataset's description of sample `index` (its map file line, its files), for errors.
+  std::string describe(size_t index) const { return describe_(index); }
   // The same loader with other options (e.g. sharded), sharing the dataset.
   ThreadedLoader with_options(LoaderOptions options) const;
 

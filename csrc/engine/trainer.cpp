@@ -185,19 +185,45 @@ void restore_optimizer_state(torch::optim::Optimizer& optimizer, const std::stri
   }
 }
 
-torch::Tensor classification_loss(const torch::Tensor& logits, const torch::Tensor& target, const FitOptions& o) {
+// Names row `row` of a batch in an error: the dataset's own description of the sample (its map
+// file line and files) when the batch came from torchtl's loader, else its place in the batch.
+using RowNamer = std::function<std::string(int64_t row)>;
+
+RowNamer row_namer(const data::ThreadedLoader* loader, const std::vector<int64_t>* indices) {
+  return [loader, indices](int64_t row) {
+    if (loader && indices && row < static_cast<int64_t>(indices->size())) {
+      return loader->describe(static_cast<size_t>((*indices)[row]));
+    }
+    return c10::str("sample ", row, " of the batch");
+  };
+}
+
+// Targets the model has no class for, named by sample: cross_entropy would only say "Target 7 is
+// out of bounds" (or, on CUDA, fail a device-side assert). `ignore_index` values are allowed.
+void check_targets(const torch::Tensor& target, int64_t num_classes, int64_t ignore_index, const RowNamer& name_row) {
+  auto bad = target.ge(num_classes).logical_or_(target.lt(0)).logical_and_(target.ne(ignore_index));
+  if (!bad.any().item<bool>()) return;
+  const auto rows = target.dim() > 1 ? bad.flatten(1).any(1) : bad;
+  const auto row = rows.nonzero().select(1, 0)[0].item<int64_t>();
+  const auto value = target[row].masked_select(bad[row]).max().item<int64_t>();
+  TORCH_CHECK_VALUE(false, name_row(row), ": the target holds class ", value, " but the model has ", num_classes,
+                    " classes (num_classes mismatch between model and data; values must be in [0, ", num_classes,
+                    ")", target.dim() > 1 ? c10::str(" or ignore_index ", ignore_index) : "", ")");
+}
+
+torch::Tensor classification_loss(const torch::Tensor& logits, const torch::Tensor& target, const FitOptions& o,
+                                  const RowNamer& name_row) {
   TORCH_CHECK_VALUE(target.dim() == 1, "classification targets must be N class indices, got shape ", target.sizes());
-  const auto max_label = target.max().item<int64_t>();
-  TORCH_CHECK_VALUE(max_label < logits.size(1), "label ", max_label, " in the data, but the model has ", logits.size(1),
-                    " classes (num_classes mismatch between model and data)");
   auto options = F::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing());
+  check_targets(target, logits.size(1), options.ignore_index(), name_row);
   if (o.class_weights().defined()) options.weight(o.class_weights().to(logits.device()));
   return F::cross_entropy(logits, target, options);
 }
 
 // The references' criterion: cross entropy on "out" (+ aux_weight x on "aux"), ignoring 255.
 torch::Tensor segmentation_loss(const torch::OrderedDict<std::string, torch::Tensor>& out, const torch::Tensor& target,
-                                const FitOptions& o) {
+                                const FitOptions& o, const RowNamer& name_row) {
+  check_targets(target, out["out"].size(1), o.ignore_index(), name_row);
   auto ce = [&](const torch::Tensor& x) {
     auto options = F::CrossEntropyFuncOptions().ignore_index(o.ignore_index());
     if (o.class_weights().defined()) options.weight(o.class_weights().to(x.device()));
@@ -335,16 +361,17 @@ EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitO
   } else {
     stream = source.epoch(0);
   }
-  auto next = [&]() -> std::optional<std::tuple<torch::Tensor, torch::Tensor, bool>> {
+  auto next = [&]() -> std::optional<std::tuple<torch::Tensor, torch::Tensor, bool, std::vector<int64_t>>> {
     if (from_cache) {
       if (next_cached == cached_batches.size()) return std::nullopt;
       std::vector<torch::Tensor> fs, ls;
-      for (auto i : cached_batches[next_cached++]) {
+      const auto& indices = cached_batches[next_cached++];
+      for (auto i : indices) {
         const auto& entry = cache->at(i);
         fs.push_back(entry.first);
         ls.push_back(entry.second);
       }
-      return std::make_tuple(torch::stack(fs), torch::stack(ls), true);
+      return std::make_tuple(torch::stack(fs), torch::stack(ls), true, indices);
     }
     auto batch = stream();
     while (batch && batch->fields.empty()) {  // only samples skipped by on_error="skip"
@@ -359,24 +386,25 @@ EvalResult run_evaluation(ModelView& view, const BatchSource& source, const FitO
     if (cache && view.resnet) {
       auto features = view.resnet->forward_features(x);
       for (size_t k = 0; k < batch->indices.size(); ++k) (*cache)[batch->indices[k]] = {features[k], y[k]};
-      return std::make_tuple(features, y, true);
+      return std::make_tuple(features, y, true, std::move(batch->indices));
     }
-    return std::make_tuple(x, y, false);
+    return std::make_tuple(x, y, false, std::move(batch->indices));
   };
   while (auto item = next()) {
-    auto& [x, y, is_features] = *item;
+    auto& [x, y, is_features, indices] = *item;
+    const auto name_row = row_namer(loader, &indices);
     const int64_t n = x.size(0);
     torch::Tensor prediction, loss;
     {
       AutocastScope autocast(dtype, device);
       if (view.segmentation) {
         auto out = view.segmentation->forward(x);
-        loss = segmentation_loss(out, y, o);
+        loss = segmentation_loss(out, y, o, name_row);
         prediction = out["out"].argmax(1);
         if (!confusion) confusion = std::make_unique<ConfusionMatrix>(out["out"].size(1));
       } else {
         auto logits = is_features ? view.resnet->forward_head(x) : view.forward_any(x);
-        loss = classification_loss(logits, y, o);
+        loss = classification_loss(logits, y, o, name_row);
         auto c = topk_correct(logits, y, {1, 5});
         correct1 += c[0];
         correct5 += c[1];
@@ -603,7 +631,9 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsha
     Throttle throttle;
     const bool from_cache = use_cache && covers(cache, *train.loader(), static_cast<uint64_t>(epoch));
 
-    auto train_step = [&](const torch::Tensor& input, const torch::Tensor& target, bool input_is_features) {
+    auto train_step = [&](const torch::Tensor& input, const torch::Tensor& target, bool input_is_features,
+                          const std::vector<int64_t>& indices) {
+      const auto name_row = row_namer(train.loader(), &indices);
       const double factor = schedule.factor(state.iteration);
       for (size_t g = 0; g < optimizer->param_groups().size(); ++g) {
         optimizer->param_groups()[g].options().set_lr(base_lrs[g] * factor);
@@ -625,7 +655,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsha
           } else {
             out = view.segmentation->forward(input);
           }
-          loss = segmentation_loss(out, target, o);
+          loss = segmentation_loss(out, target, o, name_row);
         } else {
           if (input_is_features) {
             logits = view.resnet->forward_head(input);
@@ -639,7 +669,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsha
           } else {
             logits = view.forward_any(input);
           }
-          loss = classification_loss(logits, target, o);
+          loss = classification_loss(logits, target, o, name_row);
         }
       }
       const double value = loss.item<double>();
@@ -696,7 +726,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsha
           fs.push_back(entry.first);
           ls.push_back(entry.second);
         }
-        train_step(torch::stack(fs), torch::stack(ls), true);
+        train_step(torch::stack(fs), torch::stack(ls), true, indices);
         report();
         if (stop) break;
       }
@@ -715,9 +745,9 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsha
             features = view.resnet->forward_features(x);
           }
           for (size_t k = 0; k < batch->indices.size(); ++k) cache[batch->indices[k]] = {features[k], y[k]};
-          train_step(features, y, true);
+          train_step(features, y, true, batch->indices);
         } else {
-          train_step(x, y, false);
+          train_step(x, y, false, batch->indices);
         }
         report();
         if (stop) break;
