@@ -286,6 +286,7 @@ def test_export_holds_weights_as_parameters():
     signature = ep.graph_signature
     assert len(signature.parameters) == len(list(m.parameters()))
     assert not ep.constants
+    assert all(name in m.state_dict() for name in signature.parameters)
     assert set(ep.state_dict) == set(m.state_dict())
     with torch.no_grad():
         assert_close_rel(ep.module()(X), tv(X), 1e-5, "exported")
@@ -301,6 +302,16 @@ def test_compile_fullgraph():
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert_close_rel(compiled(X), tv(X), 1e-5, "compiled")
+
+
+def test_compile_fullgraph_with_inductor():
+    # The default backend: inductor generates and compiles C++ for the CPU (a minute on 2 cores).
+    tv, m = twins()
+    compiled = torch.compile(m, fullgraph=True)
+    with torch.no_grad():
+        eager = m(X)
+        torch.testing.assert_close(compiled(X), eager, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(compiled(X), tv(X), atol=1e-4, rtol=1e-4)
 
 
 # ---- builder arguments -------------------------------------------------------------------------
