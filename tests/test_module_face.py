@@ -147,6 +147,25 @@ def test_fx_feature_extractor_equals_torchvision():
         assert_close_rel(traced(X), tv(X), 1e-5, "symbolic_trace")
 
 
+def test_children_called_from_python_equal_fx_bit_for_bit():
+    # torchvision's test_feature_extraction_methods_equivalence: its IntermediateLayerGetter calls
+    # each torchtl child (C++ forward) and must equal, bit for bit, the fx graph of the same model
+    # (Python forward); in exact mode the two run the same kernels.
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    _, m = twins()
+    return_layers = {f"layer{i}": f"layer{i}" for i in range(1, 5)}
+    ilg = IntermediateLayerGetter(m, return_layers).eval()
+    fx = create_feature_extractor(m, return_layers)
+    with torch.no_grad():
+        a, b = ilg(X), fx(X)
+        eager, traced = m(X), torch.fx.symbolic_trace(m)(X)
+    assert list(a) == list(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert torch.equal(eager, traced)
+
+
 def test_jit_script_equals_eager(tmp_path):
     tv, m = twins("resnet50", num_classes=3)
     scripted = torch.jit.script(m)
@@ -286,6 +305,7 @@ def test_export_holds_weights_as_parameters():
     signature = ep.graph_signature
     assert len(signature.parameters) == len(list(m.parameters()))
     assert not ep.constants
+    assert all(name in m.state_dict() for name in signature.parameters)
     assert set(ep.state_dict) == set(m.state_dict())
     with torch.no_grad():
         assert_close_rel(ep.module()(X), tv(X), 1e-5, "exported")
@@ -301,6 +321,16 @@ def test_compile_fullgraph():
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert_close_rel(compiled(X), tv(X), 1e-5, "compiled")
+
+
+def test_compile_fullgraph_with_inductor():
+    # The default backend: inductor generates and compiles C++ for the CPU (a minute on 2 cores).
+    tv, m = twins()
+    compiled = torch.compile(m, fullgraph=True)
+    with torch.no_grad():
+        eager = m(X)
+        torch.testing.assert_close(compiled(X), eager, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(compiled(X), tv(X), atol=1e-4, rtol=1e-4)
 
 
 # ---- builder arguments -------------------------------------------------------------------------
