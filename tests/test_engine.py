@@ -195,7 +195,11 @@ def test_ctrl_c_stops_between_batches_and_keeps_last_checkpoint(cls_map, tmp_pat
         # Ctrl-C from another thread, as a terminal delivers it, once two epochs are done.
         if p["epoch"] >= 3 and not fired:  # epochs count from 1
             fired.append(p["epoch"])
-            threading.Timer(0.0, _thread.interrupt_main).start()
+            # Joined, so the interrupt is pending before training goes on: on a loaded machine the
+            # timer thread could otherwise first run after the last epoch (seen once in make test).
+            ctrl_c = threading.Timer(0.0, _thread.interrupt_main)
+            ctrl_c.start()
+            ctrl_c.join()
 
     with pytest.raises(KeyboardInterrupt) as stopped:
         torchtl.engine.fit(m, loader(cls_map), epochs=50, lr=0.001, device="cpu", checkpoint_dir=tmp_path,
