@@ -1,7 +1,7 @@
 #pragma once
 // Windows bitmaps, which torchvision's ImageFolder lists (through PIL) but TorchCodec cannot
 // decode: a small reader of the uncompressed layouts, giving PIL's pixels.
-#include <torch/torch.h>
+#include <torch/types.h>
 
 namespace torchtl::data {
 

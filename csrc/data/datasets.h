@@ -2,7 +2,10 @@
 // Map-file datasets as torch::data datasets: C++ users hand them to torch::data::make_data_loader;
 // Python goes through torchtl's threaded loader (data/loader.h). Images are read and decoded when
 // a sample is asked for, never all up front.
-#include <torch/torch.h>
+#include <torch/data/datasets/base.h>
+#include <torch/data/example.h>
+#include <torch/arg.h>
+#include <torch/types.h>
 
 #include <memory>
 #include <string>

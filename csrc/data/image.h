@@ -4,7 +4,7 @@
 // (TorchCodec has no BMP decoder). Where TorchCodec's library cannot be loaded (an older torch),
 // torchvision's image ops, when registered, decode instead. Safe to call from any thread without
 // the GIL.
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <string>
 #include <vector>

@@ -3,7 +3,8 @@
 // no GIL, a bounded number of batches ahead of the consumer, handed out in order. Unlike
 // torch.utils.data.DataLoader's worker processes, samples never cross a process boundary, so
 // there is no pickling and no shared-memory copy.
-#include <torch/torch.h>
+#include <torch/arg.h>
+#include <torch/types.h>
 
 #include <condition_variable>
 #include <cstdint>

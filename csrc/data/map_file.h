@@ -2,7 +2,8 @@
 // Map files: sample lists, one `path<TAB>label` (classification) or `image<TAB>mask`
 // (segmentation) per line. A map file is validated as a whole when it is read, so a user sees
 // every bad line at once instead of one crash per run.
-#include <torch/torch.h>
+#include <torch/arg.h>
+#include <torch/types.h>
 
 #include <cstdint>
 #include <string>

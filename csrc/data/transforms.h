@@ -2,7 +2,8 @@
 // Image transforms that reproduce torchvision.transforms.v2 on tensors: the same ATen ops in
 // the same order, and the same random draws in the same order from a torch::Generator, so a
 // transform seeded with s returns what v2 returns after torch.manual_seed(s).
-#include <torch/torch.h>
+#include <torch/arg.h>
+#include <torch/types.h>
 
 #include <array>
 #include <cstdint>

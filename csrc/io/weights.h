@@ -2,7 +2,7 @@
 // Weights in and out of any torch::nn::Module, in the formats Python writes and reads: traced or
 // scripted archives (torch.jit.save, the way LibTorch programs load models) and torch.save'd state dicts. Every
 // mismatch is reported at once, by key, instead of failing on the first one.
-#include <torch/torch.h>
+#include <torch/nn/module.h>
 
 #include <string>
 #include <utility>

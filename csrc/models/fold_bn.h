@@ -10,7 +10,7 @@
 // eval mode, not in exact mode, and autograd off (or no source tensor requires grad); training
 // mode drops them. Under CPU or CUDA autocast they are kept in the autocast dtype, so the cast
 // is not repeated every call.
-#include <torch/torch.h>
+#include <torch/nn.h>
 
 #include <memory>
 #include <mutex>

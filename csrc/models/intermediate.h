@@ -1,7 +1,7 @@
 #pragma once
 // torchvision.models._utils.IntermediateLayerGetter for any module whose children run in order
 // (a ResNet, a Sequential, ...): children after the last returned layer are dropped.
-#include <torch/torch.h>
+#include <torch/nn.h>
 
 #include <string>
 #include <utility>

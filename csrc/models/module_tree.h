@@ -3,7 +3,8 @@
 // tree as torch.nn modules, and what IntermediateLayerGetter needs to run any backbone's
 // children in order. torch::nn gives no common forward() for a type-erased Module, so the few
 // casts that need one live here, once, instead of in every forward().
-#include <torch/torch.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/any.h>
 
 #include <functional>
 #include <map>

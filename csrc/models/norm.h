@@ -2,7 +2,7 @@
 // The norm layers torchvision's ResNet takes as `norm_layer`: torch.nn.BatchNorm2d (also standing
 // in for nn.SyncBatchNorm in one process) and torchvision.ops.FrozenBatchNorm2d, which detection
 // backbones use.
-#include <torch/torch.h>
+#include <torch/nn.h>
 
 #include "models/module_tree.h"
 

@@ -1,7 +1,7 @@
 #pragma once
 // torchvision's ResNet family (models/resnet.py) on the LibTorch C++ frontend. Submodules carry
 // torchvision's attribute names and registration order, so state dicts are interchangeable.
-#include <torch/torch.h>
+#include <torch/nn.h>
 
 #include <array>
 #include <string>

@@ -1,7 +1,7 @@
 #pragma once
 // torchvision.models.segmentation's FCN and DeepLabV3 (deeplabv3.py, fcn.py, _utils.py) on the
 // LibTorch C++ frontend, with torchvision's module names so state dicts are interchangeable.
-#include <torch/torch.h>
+#include <torch/nn.h>
 
 #include <string>
 
