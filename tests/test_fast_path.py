@@ -112,6 +112,23 @@ def test_folded_weights_follow_every_change():
     assert_close_rel(m.layer2[0].bn1.running_var, tv.layer2[0].bn1.running_var, TRAIN_TOL, "running_var")
 
 
+def test_cpu_eval_runs_onednn_fused_convolutions_for_any_input_shape():
+    tv, m = classification_twins("resnet18")
+    with torch.no_grad():
+        with torch.profiler.profile() as prof:
+            m(torch.randn(2, 3, 64, 64))
+        fused = [e for e in prof.key_averages() if e.key == "mkldnn::_convolution_pointwise"]
+        assert fused and fused[0].count == 20  # every conv of resnet18, ReLU fused where one follows
+        # each new input shape gets its own weight layout; results stay torchvision's
+        for shape in [(3, 3, 64, 64), (1, 3, 96, 80), (2, 3, 64, 64)]:
+            x = torch.randn(shape)
+            assert_close_rel(m(x), tv(x), FP32_TOL, f"input {shape}")
+        # with oneDNN switched off by the user, ATen's conv2d runs the folded convolutions
+        with torch.backends.mkldnn.flags(enabled=False):
+            x = torch.randn(2, 3, 64, 64)
+            assert_close_rel(m(x), tv(x), FP32_TOL, "oneDNN off")
+
+
 def test_exact_mode_is_per_thread():
     seen = []
     with torchtl.exact_mode():

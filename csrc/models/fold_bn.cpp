@@ -1,6 +1,8 @@
 #include "models/fold_bn.h"
 
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <variant>
 
@@ -35,7 +37,56 @@ at::ScalarType compute_dtype(const torch::Tensor& x, const torch::Tensor& weight
   return weight.scalar_type();
 }
 
+// oneDNN's fused convolution and its weight reorder, registered by a torch built with oneDNN
+// (every x86 and aarch64 wheel); absent elsewhere, and then ATen's conv2d runs.
+using PointwiseConvolution =
+    at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::IntArrayRef,
+               c10::IntArrayRef, c10::IntArrayRef, int64_t, c10::string_view, c10::List<std::optional<c10::Scalar>>,
+               std::optional<c10::string_view>);
+using ReorderConvolutionWeight =
+    at::Tensor(const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t, at::OptionalIntArrayRef);
+
+struct OneDnnOps {
+  c10::TypedOperatorHandle<PointwiseConvolution> convolution;
+  c10::TypedOperatorHandle<ReorderConvolutionWeight> reorder_weight;
+};
+
+const std::optional<OneDnnOps>& onednn_ops() {
+  static const std::optional<OneDnnOps> ops = []() -> std::optional<OneDnnOps> {
+    auto& dispatcher = c10::Dispatcher::singleton();
+    auto convolution = dispatcher.findSchema({"mkldnn::_convolution_pointwise", ""});
+    auto reorder_weight = dispatcher.findSchema({"mkldnn::_reorder_convolution_weight", ""});
+    if (!convolution || !reorder_weight) return std::nullopt;
+    return OneDnnOps{convolution->typed<PointwiseConvolution>(), reorder_weight->typed<ReorderConvolutionWeight>()};
+  }();
+  return ops;
+}
+
+// Whether the folded convolution of `x` can run through oneDNN's fused convolution: a CPU batch
+// in channels_last (the fast path's layout) in fp32 or bf16, explicit padding, and no autograd
+// through x (the fused op has no backward).
+bool runs_on_onednn(const torch::Tensor& x, at::ScalarType dtype, const nn::Conv2dImpl& conv) {
+  return x.device().is_cpu() && x.layout() == at::kStrided && (dtype == at::kFloat || dtype == at::kBFloat16) &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast) && !(torch::GradMode::is_enabled() && x.requires_grad()) &&
+         std::holds_alternative<torch::ExpandingArray<2>>(conv.options.padding()) &&
+         at::globalContext().userEnabledMkldnn() && onednn_ops().has_value();
+}
+
 }  // namespace
+
+torch::Tensor FoldedConvBN::onednn_weight(const std::shared_ptr<const Folded>& folded, nn::Conv2dImpl& conv,
+                                          at::IntArrayRef input_size) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (onednn_source_ != folded || input_size != at::IntArrayRef(onednn_input_size_)) {
+    torch::NoGradGuard no_grad;
+    const auto& padding = std::get<torch::ExpandingArray<2>>(conv.options.padding());
+    onednn_weight_ = onednn_ops()->reorder_weight.call(folded->weight, *padding, *conv.options.stride(),
+                                                       *conv.options.dilation(), conv.options.groups(), input_size);
+    onednn_source_ = folded;
+    onednn_input_size_ = input_size.vec();
+  }
+  return onednn_weight_;
+}
 
 std::shared_ptr<const FoldedConvBN::Folded> FoldedConvBN::folded(nn::Conv2dImpl& conv, nn::BatchNorm2dImpl& bn,
                                                                  at::ScalarType dtype) {
@@ -70,6 +121,11 @@ std::shared_ptr<const FoldedConvBN::Folded> FoldedConvBN::folded(nn::Conv2dImpl&
 }
 
 torch::Tensor FoldedConvBN::operator()(nn::Conv2dImpl& conv, nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
+  return conv_bn(conv, bn, x, nullptr);
+}
+
+torch::Tensor FoldedConvBN::conv_bn(nn::Conv2dImpl& conv, nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
+                                    nn::ReLUImpl* relu) {
   const bool foldable = !bn.is_training() && !exact_mode() && bn.running_mean.defined() && x.dim() == 4 &&
                         std::holds_alternative<torch::enumtype::kZeros>(conv.options.padding_mode()) &&
                         !needs_grad(sources_of(conv, bn));
@@ -77,12 +133,25 @@ torch::Tensor FoldedConvBN::operator()(nn::Conv2dImpl& conv, nn::BatchNorm2dImpl
     if (bn.is_training()) {
       std::lock_guard<std::mutex> lock(mutex_);
       folded_.reset();
+      onednn_source_.reset();
+      onednn_weight_ = torch::Tensor();
     }
-    return bn.forward(conv.forward(x));
+    auto out = bn.forward(conv.forward(x));
+    return relu ? relu->forward(out) : out;
   }
-  const auto f = folded(conv, bn, compute_dtype(x, conv.weight));
-  return F::detail::conv2d(x, f->weight, f->bias, conv.options.stride(), conv.options.padding(),
-                           conv.options.dilation(), conv.options.groups());
+  const auto dtype = compute_dtype(x, conv.weight);
+  const auto f = folded(conv, bn, dtype);
+  if (runs_on_onednn(x, dtype, conv)) {
+    const auto input = x.to(dtype);
+    const auto& padding = std::get<torch::ExpandingArray<2>>(conv.options.padding());
+    return onednn_ops()->convolution.call(input, onednn_weight(f, conv, input.sizes()), f->bias, *padding,
+                                          *conv.options.stride(), *conv.options.dilation(), conv.options.groups(),
+                                          relu ? "relu" : "none", c10::List<std::optional<c10::Scalar>>(),
+                                          std::nullopt);
+  }
+  auto out = F::detail::conv2d(x, f->weight, f->bias, conv.options.stride(), conv.options.padding(),
+                               conv.options.dilation(), conv.options.groups());
+  return relu ? relu->forward(out) : out;
 }
 
 torch::Tensor FoldedConvBN::operator()(nn::SequentialImpl& branch, const torch::Tensor& x) {
@@ -95,8 +164,14 @@ torch::Tensor FoldedConvBN::operator()(nn::SequentialImpl& branch, const torch::
 }
 
 torch::Tensor FoldedConvBN::operator()(nn::Conv2dImpl& conv, const Norm2d& norm, const torch::Tensor& x) {
-  if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(norm.ptr().get())) return (*this)(conv, *bn, x);
+  if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(norm.ptr().get())) return conv_bn(conv, *bn, x, nullptr);
   return norm(conv.forward(x));
+}
+
+torch::Tensor FoldedConvBN::with_relu(nn::Conv2dImpl& conv, const Norm2d& norm, nn::ReLUImpl& relu,
+                                      const torch::Tensor& x) {
+  if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(norm.ptr().get())) return conv_bn(conv, *bn, x, &relu);
+  return relu.forward(norm(conv.forward(x)));
 }
 
 }  // namespace torchtl::models

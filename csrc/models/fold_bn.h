@@ -10,6 +10,12 @@
 // eval mode, not in exact mode, and autograd off (or no source tensor requires grad); training
 // mode drops them. Under CPU or CUDA autocast they are kept in the autocast dtype, so the cast
 // is not repeated every call.
+//
+// On the CPU, in fp32 or bf16, the folded convolution runs through oneDNN's fused convolution
+// (mkldnn::_convolution_pointwise, what torch.compile's CPU freezing emits) with the weight
+// reordered once into oneDNN's blocked layout for the input's shape, and a following ReLU runs
+// inside the convolution (with_relu): ATen's conv2d would reorder the weight at every call and
+// run the ReLU as a pass of its own.
 #include <torch/nn.h>
 
 #include <memory>
@@ -34,6 +40,13 @@ class FoldedConvBN {
   // A torchvision downsample branch, Sequential(conv1x1, BatchNorm2d), folded the same way;
   // any other Sequential (a user's replacement) runs as it is.
   torch::Tensor operator()(torch::nn::SequentialImpl& branch, const torch::Tensor& x);
+  // relu(norm(conv(x))), the ReLU fused into the convolution where it runs through oneDNN.
+  torch::Tensor with_relu(torch::nn::Conv2dImpl& conv, const Norm2d& norm, torch::nn::ReLUImpl& relu,
+                          const torch::Tensor& x);
+  torch::Tensor with_relu(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, torch::nn::ReLUImpl& relu,
+                          const torch::Tensor& x) {
+    return conv_bn(conv, bn, x, &relu);
+  }
 
  private:
   struct Source {
@@ -48,9 +61,17 @@ class FoldedConvBN {
     torch::Tensor weight, bias;
   };
   std::shared_ptr<const Folded> folded(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, at::ScalarType dtype);
+  torch::Tensor conv_bn(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x,
+                        torch::nn::ReLUImpl* relu);
+  // The folded weight in oneDNN's layout for inputs of `input_size`, reordered once per shape.
+  torch::Tensor onednn_weight(const std::shared_ptr<const Folded>& folded, torch::nn::Conv2dImpl& conv,
+                              at::IntArrayRef input_size);
 
   std::mutex mutex_;
   std::shared_ptr<const Folded> folded_;
+  std::shared_ptr<const Folded> onednn_source_;
+  std::vector<int64_t> onednn_input_size_;
+  torch::Tensor onednn_weight_;
 };
 
 }  // namespace torchtl::models

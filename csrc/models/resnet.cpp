@@ -35,7 +35,7 @@ BasicBlockImpl::BasicBlockImpl(const BlockOptions& options_, nn::Sequential down
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto out = relu(fold1_(*conv1, bn1, x));
+  auto out = fold1_.with_relu(*conv1, bn1, *relu, x);
   out = fold2_(*conv2, bn2, out);
   out += downsample ? fold_downsample_(*downsample, x) : x;
   return relu(out);
@@ -64,8 +64,8 @@ BottleneckImpl::BottleneckImpl(const BlockOptions& options_, nn::Sequential down
 }
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
-  auto out = relu(fold1_(*conv1, bn1, x));
-  out = relu(fold2_(*conv2, bn2, out));
+  auto out = fold1_.with_relu(*conv1, bn1, *relu, x);
+  out = fold2_.with_relu(*conv2, bn2, *relu, out);
   out = fold3_(*conv3, bn3, out);
   out += downsample ? fold_downsample_(*downsample, x) : x;
   return relu(out);
@@ -168,7 +168,7 @@ torch::Tensor ResNetImpl::forward(const torch::Tensor& x) { return forward_head(
 torch::Tensor ResNetImpl::forward_features(const torch::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == conv1->options.in_channels(), "ResNet expects an N x ",
                     conv1->options.in_channels(), " x H x W batch, got shape ", x.sizes());
-  auto out = maxpool(relu(fold1_(*conv1, bn1, to_fast_layout(x))));
+  auto out = maxpool(fold1_.with_relu(*conv1, bn1, *relu, to_fast_layout(x)));
   out = layer4->forward(layer3->forward(layer2->forward(layer1->forward(out))));
   return torch::flatten(avgpool(out), 1);
 }
