@@ -129,6 +129,26 @@ def test_cpu_eval_runs_onednn_fused_convolutions_for_any_input_shape():
             assert_close_rel(m(x), tv(x), FP32_TOL, "oneDNN off")
 
 
+def test_segmentation_eval_folds_stem_and_heads():
+    torch.manual_seed(0)
+    tv = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True)
+    randomize_batchnorm(tv)
+    tv.eval()
+    m = torchtl.segmentation.fcn_resnet50(weights=tv, num_classes=3, aux_loss=True).eval()
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        with torch.profiler.profile() as prof:
+            out = m(x)
+        expected = tv(x)
+    ran = {e.key: e.count for e in prof.key_averages()}
+    # the backbone's stem (conv1, bn1, relu run by IntermediateLayerGetter) and both heads'
+    # Conv2d + BatchNorm2d + ReLU (Sequentials) fold like the blocks: no batch norm runs at all
+    assert "aten::native_batch_norm" not in ran and "aten::batch_norm" not in ran
+    assert ran["mkldnn::_convolution_pointwise"] == 53 + 2
+    for k in ("out", "aux"):
+        assert_close_rel(out[k], expected[k], FP32_TOL, f"fcn {k}")
+
+
 def test_exact_mode_is_per_thread():
     seen = []
     with torchtl.exact_mode():

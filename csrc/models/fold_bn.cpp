@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <variant>
 
 #include "models/fast_path.h"
@@ -166,6 +167,17 @@ torch::Tensor FoldedConvBN::operator()(nn::SequentialImpl& branch, const torch::
 torch::Tensor FoldedConvBN::operator()(nn::Conv2dImpl& conv, const Norm2d& norm, const torch::Tensor& x) {
   if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(norm.ptr().get())) return conv_bn(conv, *bn, x, nullptr);
   return norm(conv.forward(x));
+}
+
+size_t FoldedConvBN::run_layers(const std::vector<std::shared_ptr<nn::Module>>& modules, size_t i, size_t max_count,
+                                torch::Tensor& x) {
+  const size_t end = std::min(modules.size(), i + max_count);
+  auto* conv = i + 1 < end ? modules[i]->as<nn::Conv2dImpl>() : nullptr;
+  auto* bn = conv ? modules[i + 1]->as<nn::BatchNorm2dImpl>() : nullptr;
+  if (!bn) return 0;
+  auto* relu = i + 2 < end ? modules[i + 2]->as<nn::ReLUImpl>() : nullptr;
+  x = conv_bn(*conv, *bn, x, relu);
+  return relu ? 3 : 2;
 }
 
 torch::Tensor FoldedConvBN::with_relu(nn::Conv2dImpl& conv, const Norm2d& norm, nn::ReLUImpl& relu,

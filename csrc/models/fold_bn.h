@@ -43,10 +43,11 @@ class FoldedConvBN {
   // relu(norm(conv(x))), the ReLU fused into the convolution where it runs through oneDNN.
   torch::Tensor with_relu(torch::nn::Conv2dImpl& conv, const Norm2d& norm, torch::nn::ReLUImpl& relu,
                           const torch::Tensor& x);
-  torch::Tensor with_relu(torch::nn::Conv2dImpl& conv, torch::nn::BatchNorm2dImpl& bn, torch::nn::ReLUImpl& relu,
-                          const torch::Tensor& x) {
-    return conv_bn(conv, bn, x, &relu);
-  }
+  // Where modules[i] is a Conv2d directly followed by a BatchNorm2d (and a ReLU), as torchvision's
+  // stems and heads lay them out, runs them on x as one folded convolution and returns how many
+  // modules that took (2 or 3, at most `max_count`); returns 0, leaving x, anywhere else.
+  size_t run_layers(const std::vector<std::shared_ptr<torch::nn::Module>>& modules, size_t i, size_t max_count,
+                    torch::Tensor& x);
 
  private:
   struct Source {

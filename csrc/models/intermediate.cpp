@@ -18,6 +18,7 @@ IntermediateLayerGetterImpl::IntermediateLayerGetterImpl(const std::shared_ptr<t
     register_module(child.key(), child.value());
     names_.push_back(child.key());
     forwards_.push_back(tensor_forward(child.value()));
+    folds_.emplace_back();
     pending.erase(child.key());
   }
   if (!pending.empty()) {
@@ -30,13 +31,27 @@ IntermediateLayerGetterImpl::IntermediateLayerGetterImpl(const std::shared_ptr<t
 torch::OrderedDict<std::string, torch::Tensor> IntermediateLayerGetterImpl::forward(torch::Tensor input) {
   torch::OrderedDict<std::string, torch::Tensor> out;
   auto x = to_fast_layout(input);
-  for (size_t i = 0; i < forwards_.size(); ++i) {
-    x = forwards_[i](x);
+  const auto layers = children();
+  for (size_t i = 0; i < forwards_.size();) {
+    // A stem's conv1, bn1 and relu run as one folded convolution, unless a layer inside the run
+    // is returned on its own.
+    size_t max_count = 1;
+    while (i + max_count < forwards_.size() && !returned(names_[i + max_count - 1])) ++max_count;
+    size_t ran = folds_[i].run_layers(layers, i, max_count, x);
+    if (ran == 0) {
+      x = forwards_[i](x);
+      ran = 1;
+    }
+    i += ran;
     for (const auto& [name, key] : return_layers_) {
-      if (name == names_[i]) out.insert(key, to_caller_layout(x, input));
+      if (name == names_[i - 1]) out.insert(key, to_caller_layout(x, input));
     }
   }
   return out;
+}
+
+bool IntermediateLayerGetterImpl::returned(const std::string& name) const {
+  return std::any_of(return_layers_.begin(), return_layers_.end(), [&](const auto& item) { return item.first == name; });
 }
 
 torch::Tensor IntermediateLayerGetterImpl::forward_tensor(const torch::Tensor&) {

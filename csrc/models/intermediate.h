@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "models/fold_bn.h"
 #include "models/module_tree.h"
 
 namespace torchtl::models {
@@ -28,6 +29,8 @@ class IntermediateLayerGetterImpl : public torch::nn::Module, public Composite {
   ReturnLayers return_layers_;
   std::vector<std::string> names_;
   std::vector<TensorForward> forwards_;  // resolved once, so forward() needs no casts
+  std::vector<FoldedConvBN> folds_;      // one per child: where a folded convolution starts
+  bool returned(const std::string& name) const;
 };
 TORCH_MODULE(IntermediateLayerGetter);
 

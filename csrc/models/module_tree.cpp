@@ -1,5 +1,6 @@
 #include "models/module_tree.h"
 
+#include "models/fold_bn.h"
 #include "models/norm.h"
 
 #include <c10/util/Exception.h>
@@ -88,13 +89,34 @@ void check_shape(const nn::Module& module, const char* kind, const std::string& 
 
 }  // namespace
 
+namespace {
+
+// Sequential::forward, with every Conv2d directly followed by a BatchNorm2d (and a ReLU) run
+// as one folded convolution (FoldedConvBN::run_layers); `folds` has one per position.
+torch::Tensor forward_folding(nn::SequentialImpl& seq, std::vector<FoldedConvBN>& folds, torch::Tensor x) {
+  const auto layers = seq.children();
+  for (size_t i = 0; i < layers.size();) {
+    const size_t ran = folds[i].run_layers(layers, i, layers.size(), x);
+    if (ran == 0) x = (seq.begin() + static_cast<std::ptrdiff_t>(i))->forward<torch::Tensor>(x);
+    i += ran == 0 ? 1 : ran;
+  }
+  return x;
+}
+
+}  // namespace
+
 TensorForward tensor_forward(const std::shared_ptr<nn::Module>& module) {
   TORCH_CHECK_VALUE(module != nullptr, "tensor_forward: no module");
   if (auto composite = std::dynamic_pointer_cast<Composite>(module)) {
     return [composite](const torch::Tensor& x) { return composite->forward_tensor(x); };
   }
   if (auto seq = std::dynamic_pointer_cast<nn::SequentialImpl>(module)) {
-    return [seq](const torch::Tensor& x) { return seq->forward(x); };
+    // torchvision's heads are Sequentials of Conv2d, BatchNorm2d and ReLU: each such pair (or
+    // triple) runs as one folded convolution where the fast path allows (fold_bn.h).
+    auto folds = std::make_shared<std::vector<FoldedConvBN>>(seq->size());
+    return [seq, folds](const torch::Tensor& x) {
+      return folds->size() == seq->size() ? forward_folding(*seq, *folds, x) : seq->forward(x);
+    };
   }
 #define TORCHTL_LEAF_FORWARD(Impl) \
   if (auto leaf = std::dynamic_pointer_cast<nn::Impl>(module)) return [leaf](const torch::Tensor& x) { return leaf->forward(x); };

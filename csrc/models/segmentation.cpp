@@ -60,17 +60,22 @@ ASPPImpl::ASPPImpl(int64_t in_channels, std::vector<int64_t> atrous_rates, int64
       "project", nn::Sequential(conv(static_cast<int64_t>(convs->size()) * out_channels, out_channels, 1),
                                 nn::BatchNorm2d(out_channels), nn::ReLU(), nn::Dropout(0.5)));
   for (const auto& branch : convs->children()) branches_.push_back(tensor_forward(branch));
+  project_forward_ = tensor_forward(project.ptr());
 }
 
 torch::Tensor ASPPImpl::forward(const torch::Tensor& x) {
   std::vector<torch::Tensor> results;
   results.reserve(branches_.size());
   for (const auto& branch : branches_) results.push_back(branch(x));
-  return project->forward(torch::cat(results, 1));
+  return project_forward_(torch::cat(results, 1));
 }
 
 void ASPPImpl::replace_child(const std::string& name, std::shared_ptr<nn::Module> module) {
-  if (name == "project") return assign_child(*this, name, project, module);
+  if (name == "project") {
+    assign_child(*this, name, project, module);
+    project_forward_ = tensor_forward(project.ptr());
+    return;
+  }
   TORCH_CHECK_VALUE(false, "ASPP has no replaceable child '", name, "'");
 }
 

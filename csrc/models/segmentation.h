@@ -39,6 +39,7 @@ class ASPPImpl : public torch::nn::Module, public Composite {
 
  private:
   std::vector<TensorForward> branches_;
+  TensorForward project_forward_;
 };
 TORCH_MODULE(ASPP);
 
