@@ -44,15 +44,16 @@ def main():
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--size", type=int, default=32, help="image size")
+    p.add_argument("--device", default="cpu", help="cuda: each rank on the GPU its LOCAL_RANK names, over nccl")
     args = p.parse_args()
 
     model, train, val = build(args.task, args.train, args.val, args.batch_size, args.size)
     engine = torchtl.engine if args.engine == "torchtl" else torchtl.reference
     checkpoint_dir = args.checkpoint_dir.format(rank=os.environ["RANK"])
     history = engine.fit(model, train, val, task=args.task, mode=args.mode, optimizer="sgd", lr=args.lr, momentum=0.9,
-                         epochs=args.epochs, device="cpu", checkpoint_dir=checkpoint_dir, resume=args.resume,
+                         epochs=args.epochs, device=args.device, checkpoint_dir=checkpoint_dir, resume=args.resume,
                          sync_bn=args.sync_bn, progress=False)
-    evaluated = engine.evaluate(model, val, task=args.task, device="cpu")
+    evaluated = engine.evaluate(model, val, task=args.task, device=args.device)
     rank = torch.distributed.get_rank()
     torch.save({"state_dict": model.state_dict(), "history": history, "evaluate": evaluated,
                 "world_size": torch.distributed.get_world_size()}, os.path.join(args.out, f"rank{rank}.pt"))

@@ -87,11 +87,11 @@ def test_loader_sharding_errors(maps):
         data.DataLoader(ds, num_replicas=0)
 
 
-def single_process(maps, batch_size, epochs):
+def single_process(maps, batch_size, epochs, device="cpu"):
     model, train_loader, val_loader = build("classification", *maps, batch_size)
     history = torchtl.engine.fit(model, train_loader, val_loader, mode="feature_extractor", optimizer="sgd", lr=0.05,
-                                 momentum=0.9, epochs=epochs, device="cpu", progress=False)
-    return model, history, torchtl.engine.evaluate(model, val_loader, device="cpu")
+                                 momentum=0.9, epochs=epochs, device=device, progress=False)
+    return model, history, torchtl.engine.evaluate(model, val_loader, device=device)
 
 
 def assert_same_run(ranks, model, history, epochs, rtol=1e-5):
@@ -216,13 +216,13 @@ def seg_maps(tmp_path_factory):
     return seg, seg
 
 
-def finetune(maps, task, batch_size, sync_bn, epochs=1, channels_last=True):
+def finetune(maps, task, batch_size, sync_bn, epochs=1, device="cpu", channels_last=True):
     """The run the sync_bn ranks are compared with: one process, batch norm training, 2 steps of lr 0.01 at 64 px."""
     model, train, val = build(task, *maps, batch_size, size=64)
     history = torchtl.engine.fit(model, train, val, task=task, mode="finetune", optimizer="sgd", lr=0.01,
-                                 momentum=0.9, epochs=epochs, device="cpu", channels_last=channels_last,
+                                 momentum=0.9, epochs=epochs, device=device, channels_last=channels_last,
                                  sync_bn=sync_bn, progress=False)
-    return model, history
+    return model.cpu(), history
 
 
 def test_sync_bn_in_one_process_is_batch_norm(maps):
@@ -251,14 +251,14 @@ def test_sync_bn_needs_a_batch_norm_that_trains(maps):
                        device="cpu", progress=False)
 
 
-def sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn):
+def sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn, device="cpu"):
     out = tmp_path / ("sync" if sync_bn else "local")
     out.mkdir()
     torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
               str(out), "--batch-size", str(batch_size), "--epochs", "1", "--checkpoint-dir", str(out / "run"),
-              "--task", task, "--mode", "finetune", "--lr", "0.01", "--size", "64",
+              "--task", task, "--mode", "finetune", "--lr", "0.01", "--size", "64", "--device", device,
               *(["--sync-bn"] if sync_bn else [])])
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
 
 
 def state_difference(state_dict, model):
@@ -296,3 +296,30 @@ def test_sync_bn_two_ranks_stay_close_to_one_process_with_twice_the_batch(maps, 
         local = sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn=False)
         assert state_difference(local[0]["state_dict"], model) > 100 * rounding
 
+
+# nccl: the same runs with each rank on its own GPU. Two GPUs are needed; with fewer these skip.
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2 or not torch.distributed.is_nccl_available(),
+                              reason="nccl data-parallel training needs 2 CUDA devices")
+
+
+@pytest.mark.cuda
+@two_gpus
+def test_nccl_two_ranks_equal_one_process_with_twice_the_batch(maps, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
+              str(out), "--batch-size", "4", "--epochs", "2", "--checkpoint-dir", str(tmp_path / "run"),
+              "--device", "cuda"])
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
+    model, history, _ = single_process(maps, batch_size=8, epochs=2, device="cuda")
+    # cuDNN and nccl sum in their own orders: rounding differs more than on the CPU.
+    assert_same_run(ranks, model.cpu(), history, epochs=2, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@two_gpus
+def test_nccl_sync_bn_two_ranks_stay_close_to_one_process_with_twice_the_batch(seg_maps, tmp_path):
+    ranks = sync_bn_ranks(seg_maps, tmp_path, "segmentation", 2, sync_bn=True, device="cuda")
+    model, history = finetune(seg_maps, "segmentation", 4, sync_bn=False, device="cuda")
+    assert_close_runs(ranks, model, history, *finetune(seg_maps, "segmentation", 4, sync_bn=False, device="cuda",
+                                                        channels_last=False))
