@@ -251,6 +251,22 @@ def test_sync_bn_needs_a_batch_norm_that_trains(maps):
                        device="cpu", progress=False)
 
 
+def test_sync_bn_follows_a_model_built_with_sync_batch_norm():
+    from torchtl.engine import _sync_bn
+
+    group = object()  # stands for a process group of 2 ranks: _sync_bn only asks whether there is one
+    synced = torchtl.models.resnet18(num_classes=2, norm_layer=torch.nn.SyncBatchNorm)
+    assert _sync_bn(synced, None, group) is True
+    assert _sync_bn(synced, None, None) is False  # one process: SyncBatchNorm is BatchNorm2d
+    assert _sync_bn(torchtl.models.resnet18(num_classes=2), None, group) is False
+    with pytest.raises(ValueError, match="sync_bn=False, but the model's norm layers are torch.nn.SyncBatchNorm"):
+        _sync_bn(synced, False, group)
+    synced.bn1 = torch.nn.BatchNorm2d(64)
+    with pytest.raises(ValueError, match="mixes torch.nn.SyncBatchNorm with other batch norm layers"):
+        _sync_bn(synced, None, group)
+    assert _sync_bn(synced, True, group) is True
+
+
 def sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn, device="cpu"):
     out = tmp_path / ("sync" if sync_bn else "local")
     out.mkdir()
