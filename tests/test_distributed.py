@@ -13,7 +13,8 @@ from torch.utils.data import DistributedSampler
 import torchtl
 from torchtl import data
 
-from test_engine import write_classification_set
+from distributed_worker import build
+from test_engine import write_classification_set, write_segmentation_set
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 240  # seconds a torchrun launch may take before the test fails (it never waits forever)
@@ -86,17 +87,11 @@ def test_loader_sharding_errors(maps):
         data.DataLoader(ds, num_replicas=0)
 
 
-def single_process(maps, batch_size, epochs):
-    train, val = maps
-    torch.manual_seed(0)
-    model = torchtl.models.resnet18(num_classes=2)
-    transform = data.classification_transform(train=False, size=32, resize_size=32)
-    train_loader = data.DataLoader(data.MapDataset(train, transform=transform), batch_size=batch_size, shuffle=True,
-                                   num_workers=1, seed=0)
-    val_loader = data.DataLoader(data.MapDataset(val, transform=transform), batch_size=3, num_workers=1)
+def single_process(maps, batch_size, epochs, device="cpu"):
+    model, train_loader, val_loader = build("classification", *maps, batch_size)
     history = torchtl.engine.fit(model, train_loader, val_loader, mode="feature_extractor", optimizer="sgd", lr=0.05,
-                                 momentum=0.9, epochs=epochs, device="cpu", progress=False)
-    return model, history, torchtl.engine.evaluate(model, val_loader, device="cpu")
+                                 momentum=0.9, epochs=epochs, device=device, progress=False)
+    return model, history, torchtl.engine.evaluate(model, val_loader, device=device)
 
 
 def assert_same_run(ranks, model, history, epochs, rtol=1e-5):
@@ -179,7 +174,7 @@ def test_torchrun_cli_train(tmp_path):
     run = tmp_path / "run"
     result = torchrun(["-m", "torchtl", "train", "classification", "--train", str(tmp_path / "images"), "--arch",
                        "resnet18", "--epochs", "2", "--batch-size", "2", "--size", "32", "--device", "cpu", "--out",
-                       str(run), "--quiet"], cwd=tmp_path)
+                       str(run), "--sync-bn", "--quiet"], cwd=tmp_path)
     assert result.stdout.count("epoch 2:") == 1  # rank 0 alone prints
     assert set(os.listdir(run)) - {"tensorboard"} == {"config.json", "history.json", "last.pt", "metrics.csv", "train.txt",
                                                       "train_classes.txt"}
@@ -213,3 +208,134 @@ def test_unequal_caller_sharded_batches_raise_on_every_rank(tmp_path):
     for rank in range(2):
         assert f"rank {rank}: data-parallel training needs as many batches per epoch on every rank" in result.stdout
         assert "between 2 and 3" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def seg_maps(tmp_path_factory):
+    seg = write_segmentation_set(tmp_path_factory.mktemp("dist_seg"), n=8)
+    return seg, seg
+
+
+def finetune(maps, task, batch_size, sync_bn, epochs=1, device="cpu", channels_last=True):
+    """The run the sync_bn ranks are compared with: one process, batch norm training, 2 steps of lr 0.01 at 64 px."""
+    model, train, val = build(task, *maps, batch_size, size=64)
+    history = torchtl.engine.fit(model, train, val, task=task, mode="finetune", optimizer="sgd", lr=0.01,
+                                 momentum=0.9, epochs=epochs, device=device, channels_last=channels_last,
+                                 sync_bn=sync_bn, progress=False)
+    return model.cpu(), history
+
+
+def test_sync_bn_in_one_process_is_batch_norm(maps):
+    plain_model, plain = finetune(maps, "classification", 8, sync_bn=False)
+    model, history = finetune(maps, "classification", 8, sync_bn=True)
+    for k, v in plain_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert history["epochs"][0]["step_losses"] == plain["epochs"][0]["step_losses"]
+    assert {**history["epochs"][0]["val"], "seconds": 0} == {**plain["epochs"][0]["val"], "seconds": 0}
+    # The model holds its own BatchNorm2d layers again: the C++ forward runs and folds them in eval.
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(model.eval()(x), plain_model.eval()(x))
+
+
+def test_sync_bn_needs_a_batch_norm_that_trains(maps):
+    from torchvision.ops import FrozenBatchNorm2d
+
+    _, train, _ = build("classification", *maps, 8)
+    frozen = torchtl.models.resnet18(num_classes=2, norm_layer=FrozenBatchNorm2d)
+    for engine in (torchtl.engine, torchtl.reference):
+        with pytest.raises(ValueError, match="sync_bn=True, but no BatchNorm2d of the model trains in finetune mode"):
+            engine.fit(frozen, train, mode="finetune", sync_bn=True, device="cpu", progress=False)
+        # feature_extractor freezes every batch norm of a ResNet: only fc trains.
+        with pytest.raises(ValueError, match="trains in feature_extractor mode"):
+            engine.fit(torchtl.models.resnet18(num_classes=2), train, mode="feature_extractor", sync_bn=True,
+                       device="cpu", progress=False)
+
+
+def test_sync_bn_follows_a_model_built_with_sync_batch_norm():
+    from torchtl.engine import _sync_bn
+
+    group = object()  # stands for a process group of 2 ranks: _sync_bn only asks whether there is one
+    synced = torchtl.models.resnet18(num_classes=2, norm_layer=torch.nn.SyncBatchNorm)
+    assert _sync_bn(synced, None, group) is True
+    assert _sync_bn(synced, None, None) is False  # one process: SyncBatchNorm is BatchNorm2d
+    assert _sync_bn(torchtl.models.resnet18(num_classes=2), None, group) is False
+    with pytest.raises(ValueError, match="sync_bn=False, but the model's norm layers are torch.nn.SyncBatchNorm"):
+        _sync_bn(synced, False, group)
+    synced.bn1 = torch.nn.BatchNorm2d(64)
+    with pytest.raises(ValueError, match="mixes torch.nn.SyncBatchNorm with other batch norm layers"):
+        _sync_bn(synced, None, group)
+    assert _sync_bn(synced, True, group) is True
+
+
+def sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn, device="cpu"):
+    out = tmp_path / ("sync" if sync_bn else "local")
+    out.mkdir()
+    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
+              str(out), "--batch-size", str(batch_size), "--epochs", "1", "--checkpoint-dir", str(out / "run"),
+              "--task", task, "--mode", "finetune", "--lr", "0.01", "--size", "64", "--device", device,
+              *(["--sync-bn"] if sync_bn else [])])
+    return [torch.load(out / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
+
+
+def state_difference(state_dict, model):
+    return max((state_dict[k].double() - v.double()).abs().max().item() for k, v in model.state_dict().items()
+               if v.is_floating_point())
+
+
+def losses(history):
+    return [s for e in history["epochs"] for s in e["step_losses"]] + [e["val"]["loss"] for e in history["epochs"]]
+
+
+def assert_close_runs(ranks, model, history, exact, exact_history):
+    """Every rank ends as near the single process as rounding allows. Batch norm over a few small images
+    amplifies rounding within two steps, so the yardstick is how far the same process moves in exact
+    mode (other summation orders), give or take a factor of 10."""
+    rounding = state_difference(exact.state_dict(), model)
+    want = losses(history)
+    tolerances = [10 * abs(e - w) + 1e-5 * abs(w) for w, e in zip(want, losses(exact_history))]
+    for r in ranks:
+        assert state_difference(r["state_dict"], model) <= 10 * rounding
+        for got, w, tolerance in zip(losses(r["history"]), want, tolerances):
+            assert got == pytest.approx(w, abs=tolerance)
+    return rounding
+
+
+@pytest.mark.parametrize("task, batch_size", [("segmentation", 2), ("classification", 4)])
+def test_sync_bn_two_ranks_stay_close_to_one_process_with_twice_the_batch(maps, seg_maps, tmp_path, task, batch_size):
+    maps = seg_maps if task == "segmentation" else maps
+    ranks = sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn=True)
+    model, history = finetune(maps, task, 2 * batch_size, sync_bn=False)
+    rounding = assert_close_runs(ranks, model, history, *finetune(maps, task, 2 * batch_size, sync_bn=False,
+                                                                   channels_last=False))
+    if task == "classification":
+        # Without it each rank normalises with its own half of the batch: far from the single process.
+        local = sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn=False)
+        assert state_difference(local[0]["state_dict"], model) > 100 * rounding
+
+
+# nccl: the same runs with each rank on its own GPU. Two GPUs are needed; with fewer these skip.
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2 or not torch.distributed.is_nccl_available(),
+                              reason="nccl data-parallel training needs 2 CUDA devices")
+
+
+@pytest.mark.cuda
+@two_gpus
+def test_nccl_two_ranks_equal_one_process_with_twice_the_batch(maps, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
+              str(out), "--batch-size", "4", "--epochs", "2", "--checkpoint-dir", str(tmp_path / "run"),
+              "--device", "cuda"])
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
+    model, history, _ = single_process(maps, batch_size=8, epochs=2, device="cuda")
+    # cuDNN and nccl sum in their own orders: rounding differs more than on the CPU.
+    assert_same_run(ranks, model.cpu(), history, epochs=2, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@two_gpus
+def test_nccl_sync_bn_two_ranks_stay_close_to_one_process_with_twice_the_batch(seg_maps, tmp_path):
+    ranks = sync_bn_ranks(seg_maps, tmp_path, "segmentation", 2, sync_bn=True, device="cuda")
+    model, history = finetune(seg_maps, "segmentation", 4, sync_bn=False, device="cuda")
+    assert_close_runs(ranks, model, history, *finetune(seg_maps, "segmentation", 4, sync_bn=False, device="cuda",
+                                                        channels_last=False))

@@ -320,7 +320,7 @@ def cmd_train(args):
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
         lr_schedule=args.lr_scheduler, step_size=args.lr_step_size, gamma=args.lr_gamma,
         warmup_epochs=args.lr_warmup_epochs, label_smoothing=getattr(args, "label_smoothing", 0.0),
-        device=device, amp=args.amp, checkpoint_dir=out, resume=args.resume, seed=args.seed,
+        device=device, amp=args.amp, sync_bn=args.sync_bn, checkpoint_dir=out, resume=args.resume, seed=args.seed,
         progress=not args.quiet)
     if not main:
         return
@@ -638,6 +638,8 @@ def build_parser():
         p.add_argument("--amp", nargs="?", const="fp16", default="off", choices=("off", "fp16", "bf16"),
                        help="mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA; "
                             "--amp alone)")
+        p.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun, batch norm statistics over all ranks' batches (SyncBatchNorm)")
         p.add_argument("--resume", help="last.pt of a run to continue (its folder is the default --output-dir)")
         p.add_argument("--test-only", action="store_true",
                        help="only evaluate --weights or --resume on --val; write nothing")

@@ -100,6 +100,23 @@ def _cpp_model(model):
     return _E.python_module(model)
 
 
+def _sync_bn(model, sync_bn: Optional[bool], group) -> bool:
+    """``sync_bn`` as given, or as the model's layers say: a torchtl ResNet built with
+    ``norm_layer=nn.SyncBatchNorm`` runs those layers in C++ as BatchNorm2d, which synchronise over
+    the ranks only through this option."""
+    kinds = {type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    # A model whose forward is Python's runs torch's SyncBatchNorm itself; in one process it is BatchNorm2d.
+    if not hasattr(model, "_tree") or nn.SyncBatchNorm not in kinds or group is None:
+        return bool(sync_bn)
+    if sync_bn is False:
+        raise ValueError("sync_bn=False, but the model's norm layers are torch.nn.SyncBatchNorm; pass sync_bn=True "
+                         "or build the model with BatchNorm2d")
+    if sync_bn is None and len(kinds) > 1:
+        raise ValueError("the model mixes torch.nn.SyncBatchNorm with other batch norm layers, and torchtl synchronises "
+                         "every BatchNorm2d that trains or none: pass sync_bn=True or sync_bn=False")
+    return True
+
+
 def _source(loader, what: str, need_len: bool):
     """torchtl's C++ loader, or (iterator factory, batches per epoch, name) for a Python iterable."""
     cpp = getattr(loader, "_cpp", None)
@@ -249,8 +266,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         warmup_epochs: int = 0, clip_grad_norm: Optional[float] = None, label_smoothing: float = 0.0,
         class_weights=None, aux_weight: float = 0.5, ignore_index: int = 255, device: Optional[str] = None,
         amp: Optional[str] = None, channels_last: Optional[bool] = None, cache_features: bool = True,
-        checkpoint_dir=None, resume=None, tensorboard=None, max_nonfinite_losses: int = 10, seed: int = 0,
-        progress=True) -> dict:
+        sync_bn: Optional[bool] = None, checkpoint_dir=None, resume=None, tensorboard=None,
+        max_nonfinite_losses: int = 10, seed: int = 0, progress=True) -> dict:
     """Trains ``model`` in C++ and returns the history (also written to ``checkpoint_dir/history.json``).
 
     model: a torchtl model, an ``nn.Sequential`` of layers torchtl moves into C++, or any other
@@ -295,6 +312,14 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     split into disjoint shards and its counts and confusion matrix are summed; the history is the
     whole run's. Only rank 0 writes ``checkpoint_dir`` and its logs and shows the bars; ``resume`` is
     read by all.
+
+    sync_bn: True runs ``torch.nn.SyncBatchNorm``'s computation, as torchvision's references' ``--sync-bn``:
+    while training, every BatchNorm2d that trains normalises with the statistics of the global batch over
+    all ranks (gloo on the CPU too, unlike torch's module), and backward reduces its gradient sums the
+    same way. Evaluation, checkpoints and the model afterwards keep plain BatchNorm2d; in one process
+    nothing changes. A model with no BatchNorm2d that trains (FrozenBatchNorm2d, the frozen backbone of
+    feature_extractor mode with a ResNet's ``fc`` head, a model whose forward is Python's) raises ValueError.
+    The default (None) is True for a torchtl model built with ``norm_layer=nn.SyncBatchNorm``.
     """
     hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
     group = _process_group(device)
@@ -323,7 +348,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                    max_nonfinite_losses=int(max_nonfinite_losses), aux_weight=float(aux_weight),
                    ignore_index=int(ignore_index), device=str(device), amp=amp or "off",
                    channels_last=True if channels_last is None else bool(channels_last), cache_features=cache,
-                   checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
+                   sync_bn=_sync_bn(model, sync_bn, group), checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
                    resume=os.fspath(resume) if resume else "", seed=int(seed), process_group=group)
     bar = progress if callable(progress) else _Bar(bool(progress) and main)
     log = _runlog.RunLog({"engine": "torchtl", "task": task, "mode": mode, "device": str(device), "feature_cache": False},

@@ -38,7 +38,7 @@ __all__ = [
 # norm_layer values C++ can build: the class -> (C++ norm, Python class of each norm leaf).
 _NORM_LAYERS = {
     nn.BatchNorm2d: "BatchNorm2d",
-    nn.SyncBatchNorm: "BatchNorm2d",  # computes as BatchNorm2d in one process; synchronises in Python
+    nn.SyncBatchNorm: "BatchNorm2d",  # BatchNorm2d in one process; torchtl.engine.fit synchronises it (sync_bn)
     FrozenBatchNorm2d: "FrozenBatchNorm2d",
 }
 

@@ -71,6 +71,7 @@ FitOptions fit_options(const py::dict& d) {
     else if (key == "amp") o.amp(value.cast<std::string>());
     else if (key == "channels_last") o.channels_last(value.cast<bool>());
     else if (key == "cache_features") o.cache_features(value.cast<bool>());
+    else if (key == "sync_bn") o.sync_bn(value.cast<bool>());
     else if (key == "checkpoint_dir") o.checkpoint_dir(value.cast<std::string>());
     else if (key == "resume") o.resume(value.cast<std::string>());
     else if (key == "seed") {

@@ -18,6 +18,7 @@
 #include "models/module_tree.h"
 #include "models/resnet.h"
 #include "models/segmentation.h"
+#include "models/sync_batch_norm.h"
 
 namespace torchtl::engine {
 
@@ -625,6 +626,16 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsha
       model->eval();
       for (auto& h : heads) h->train();
     }
+    // torch.nn.SyncBatchNorm.convert_sync_batchnorm for the training pass only: evaluation and
+    // checkpoints see the model's own BatchNorm2d layers, over the same tensors.
+    std::optional<models::SyncBatchNormScope> sync_bn;
+    if (o.sync_bn()) {
+      sync_bn.emplace(*model, o.process_group());
+      TORCH_CHECK_VALUE(sync_bn->size() > 0, "sync_bn=True, but no BatchNorm2d of the model trains in ",
+                        o.mode(), " mode: its norm layers are FrozenBatchNorm2d, or frozen with the backbone in ",
+                        "feature_extractor mode, or run in Python (a model whose forward is Python's can hold ",
+                        "torch.nn.SyncBatchNorm layers itself)");
+    }
     const auto start = Clock::now();
     double loss_sum = 0.0;
     int64_t correct = 0, batch_index = 0;
@@ -753,6 +764,7 @@ FitResult fit(const std::shared_ptr<nn::Module>& model, const BatchSource& unsha
         if (stop) break;
       }
     }
+    sync_bn.reset();
     // The history is the whole run's: every rank's batches, and rank 0's batch-norm statistics
     // (DistributedDataParallel's broadcast_buffers, which leaves every rank with rank 0's).
     const auto totals =

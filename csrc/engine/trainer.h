@@ -56,6 +56,10 @@ struct FitOptions {
   TORCH_ARG(uint64_t, seed) = 0;
   // Data-parallel training over this c10d group (see engine/distributed.h); null: one process.
   TORCH_ARG(c10::intrusive_ptr<c10d::ProcessGroup>, process_group);
+  // torch.nn.SyncBatchNorm in training: each BatchNorm2d that trains normalises with the global
+  // batch's statistics over process_group (models/sync_batch_norm.h). In one process it changes
+  // nothing; a model with no BatchNorm2d that trains is an error.
+  TORCH_ARG(bool, sync_bn) = false;
 };
 
 struct Progress {

@@ -2,6 +2,7 @@
 
 #include "models/fold_bn.h"
 #include "models/norm.h"
+#include "models/sync_batch_norm.h"
 
 #include <c10/util/Exception.h>
 
@@ -123,6 +124,7 @@ TensorForward tensor_forward(const std::shared_ptr<nn::Module>& module) {
   TORCHTL_LEAF_FORWARD(Conv2dImpl)
   TORCHTL_LEAF_FORWARD(BatchNorm2dImpl)
   if (auto leaf = std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module)) return [leaf](const torch::Tensor& x) { return leaf->forward(x); };
+  if (auto leaf = std::dynamic_pointer_cast<SyncBatchNormImpl>(module)) return [leaf](const torch::Tensor& x) { return leaf->forward(x); };
   TORCHTL_LEAF_FORWARD(LinearImpl)
   TORCHTL_LEAF_FORWARD(ReLUImpl)
   TORCHTL_LEAF_FORWARD(MaxPool2dImpl)
@@ -140,6 +142,7 @@ nn::AnyModule to_any_module(const std::shared_ptr<nn::Module>& module) {
   TORCHTL_LEAF_ANY(Conv2dImpl)
   TORCHTL_LEAF_ANY(BatchNorm2dImpl)
   if (auto leaf = std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module)) return nn::AnyModule(leaf);
+  if (auto leaf = std::dynamic_pointer_cast<SyncBatchNormImpl>(module)) return nn::AnyModule(leaf);
   TORCHTL_LEAF_ANY(LinearImpl)
   TORCHTL_LEAF_ANY(ReLUImpl)
   TORCHTL_LEAF_ANY(MaxPool2dImpl)

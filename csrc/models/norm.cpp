@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "models/sync_batch_norm.h"
+
 namespace torchtl::models {
 
 FrozenBatchNorm2dImpl::FrozenBatchNorm2dImpl(int64_t num_features_, double eps_)
@@ -36,24 +38,31 @@ std::shared_ptr<torch::nn::Module> make_norm(NormLayer kind, int64_t num_feature
   return torch::nn::BatchNorm2d(num_features).ptr();
 }
 
+namespace {
+
+bool is_norm_layer(const std::shared_ptr<torch::nn::Module>& module) {
+  return std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(module) ||
+         std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module) || std::dynamic_pointer_cast<SyncBatchNormImpl>(module);
+}
+
+}  // namespace
+
 Norm2d::Norm2d(std::shared_ptr<torch::nn::Module> module) : module_(std::move(module)) {
-  TORCH_CHECK_TYPE(std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(module_) ||
-                       std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module_),
-                   "a norm slot takes a BatchNorm2d or a FrozenBatchNorm2d, got ",
+  TORCH_CHECK_TYPE(is_norm_layer(module_), "a norm slot takes a BatchNorm2d, a SyncBatchNorm or a FrozenBatchNorm2d, got ",
                    module_ ? module_->name() : std::string("nothing"));
   forward_ = tensor_forward(module_);
 }
 
 torch::Tensor Norm2d::weight() const {
   if (auto bn = std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(module_)) return bn->weight;
+  if (auto sync = std::dynamic_pointer_cast<SyncBatchNormImpl>(module_)) return sync->weight;
   return std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module_)->weight;
 }
 
 void assign_child(torch::nn::Module& parent, const std::string& name, Norm2d& member,
                   const std::shared_ptr<torch::nn::Module>& module) {
-  TORCH_CHECK_TYPE(std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(module) ||
-                       std::dynamic_pointer_cast<FrozenBatchNorm2dImpl>(module),
-                   "cannot set ", name, " of ", parent.name(), ": expected a BatchNorm2d or a FrozenBatchNorm2d, got ",
+  TORCH_CHECK_TYPE(is_norm_layer(module), "cannot set ", name, " of ", parent.name(),
+                   ": expected a BatchNorm2d, a SyncBatchNorm or a FrozenBatchNorm2d, got ",
                    module ? module->name() : std::string("nothing"));
   member = Norm2d(module);
   parent.replace_module(name, module);

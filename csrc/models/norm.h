@@ -1,7 +1,8 @@
 #pragma once
 // The norm layers torchvision's ResNet takes as `norm_layer`: torch.nn.BatchNorm2d (also standing
 // in for nn.SyncBatchNorm in one process) and torchvision.ops.FrozenBatchNorm2d, which detection
-// backbones use.
+// backbones use. A norm slot also holds the SyncBatchNorm (sync_batch_norm.h) that data-parallel
+// training swaps in for a BatchNorm2d.
 #include <torch/nn.h>
 
 #include "models/module_tree.h"
@@ -29,16 +30,16 @@ TORCH_MODULE(FrozenBatchNorm2d);
 
 std::shared_ptr<torch::nn::Module> make_norm(NormLayer kind, int64_t num_features);
 
-// A block's norm slot (bn1, bn2, ...): either norm layer, called like a module holder.
+// A block's norm slot (bn1, bn2, ...): any of these norm layers, called like a module holder.
 class Norm2d {
  public:
   Norm2d() = default;
   Norm2d(std::nullptr_t) {}
-  // Throws c10::TypeError for a module that is neither norm layer.
+  // Throws c10::TypeError for a module that is not a norm layer.
   explicit Norm2d(std::shared_ptr<torch::nn::Module> module);
   torch::Tensor operator()(const torch::Tensor& x) const { return forward_(x); }
   const std::shared_ptr<torch::nn::Module>& ptr() const { return module_; }
-  // The scale (gamma): a parameter of BatchNorm2d, a buffer of FrozenBatchNorm2d.
+  // The scale (gamma): a parameter of (Sync)BatchNorm2d, a buffer of FrozenBatchNorm2d.
   torch::Tensor weight() const;
 
  private:

@@ -188,8 +188,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         warmup_epochs: int = 0, clip_grad_norm: Optional[float] = None, label_smoothing: float = 0.0,
         class_weights=None, aux_weight: float = 0.5, ignore_index: int = 255, device: Optional[str] = None,
         amp: Optional[str] = None, channels_last: Optional[bool] = None, cache_features: bool = False,
-        checkpoint_dir=None, resume=None, tensorboard=None, max_nonfinite_losses: int = 10, seed: int = 0,
-        progress=True) -> dict:
+        sync_bn: bool = False, checkpoint_dir=None, resume=None, tensorboard=None, max_nonfinite_losses: int = 10,
+        seed: int = 0, progress=True) -> dict:
     """torchtl.engine.fit in plain PyTorch (no feature cache, no resume: the twin is the baseline).
 
     The same epoch lines, logs (history.json, metrics.csv, TensorBoard), non-finite loss handling
@@ -202,6 +202,11 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     DistributedDataParallel on this rank's shard of a ``torchtl.data.DataLoader`` (another iterable is
     the caller's to shard); every rank evaluates the whole validation set, the history is the whole
     run's, and rank 0 alone writes.
+
+    sync_bn: the model's batch norm layers become ``torch.nn.SyncBatchNorm`` through
+    ``convert_sync_batchnorm`` before DDP wraps it, in place, as torchvision's references do. torch's
+    SyncBatchNorm synchronizes on GPUs only: under a process group on the CPU it raises ValueError
+    (torchtl.engine.fit synchronizes on gloo too).
     """
     from torchtl import _runlog
     from torchtl.engine import _Bar, _class_weights, _is_main_process, _process_group, _rank_device, check_run_arguments
@@ -227,6 +232,12 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         for p in model.parameters():
             if id(p) not in head_ids:
                 p.requires_grad_(False)
+    if sync_bn:
+        trains = heads if extract else [model]
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for t in trains for m in t.modules()):
+            raise ValueError(f"sync_bn=True, but no BatchNorm2d of the model trains in {mode} mode: its "
+                             "norm layers are FrozenBatchNorm2d, or frozen with the backbone in feature_extractor mode")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     body = [p for p in params if id(p) not in head_ids]
