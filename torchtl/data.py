@@ -59,6 +59,7 @@ __all__ = [
     "MapDataset",
     "SegmentationMapDataset",
     "DataLoader",
+    "count_classes",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -446,3 +447,12 @@ class _EpochIterator:
         if cpp is not None:
             self._cpp = None
             cpp.close()
+
+
+def count_classes(map_file) -> int:
+    """The number of classes of a classification map file: its classes file's length, else the
+    largest label + 1 (read by the C++ reader, which names the line of any malformed entry)."""
+    classes = find_classes_file(map_file)
+    if classes is not None:
+        return len(read_classes(classes))
+    return max(label for _, label in MapDataset(map_file).samples) + 1
