@@ -88,7 +88,7 @@ ThreadedLoader make_loader(std::shared_ptr<Dataset> ds, const LoaderOptions& opt
         auto example = ds->load(index, epoch);
         return std::vector<torch::Tensor>{example.data, example.target};
       },
-      [ds](size_t index) { return ds->describe(index); }, size, options);
+      [ds](size_t index) { return ds->sample_name(index); }, size, options);
 }
 
 }  // namespace
@@ -181,7 +181,6 @@ void init_data(py::module_& m) {
         py::arg("classes_path"), py::call_guard<py::gil_scoped_release>());
   d.def("write_voc_map", &write_voc_map, py::arg("root"), py::arg("split"), py::arg("map_path"),
         py::call_guard<py::gil_scoped_release>());
-  d.def("mix_seed", &mix_seed, py::arg("seed"), py::arg("epoch"), py::arg("index"));
 
   py::class_<ClassificationTransform, std::shared_ptr<ClassificationTransform>>(d, "ClassificationTransform")
       .def(py::init([](bool train, int64_t size, int64_t resize_size, std::vector<double> mean, std::vector<double> std,
@@ -258,7 +257,7 @@ void init_data(py::module_& m) {
             return std::make_pair(example.data, example.target);
           },
           py::arg("index"), py::arg("epoch") = 0)
-      .def("describe", &MapDataset::describe)
+      .def("sample_name", &MapDataset::sample_name)
       .def_property_readonly("map_file", [](const MapDataset& self) { return fs_path(self.map_file().path); })
       .def_property_readonly("entries",
                              [](const MapDataset& self) {
@@ -292,7 +291,7 @@ void init_data(py::module_& m) {
             return std::make_pair(example.data, example.target);
           },
           py::arg("index"), py::arg("epoch") = 0)
-      .def("describe", &SegmentationMapDataset::describe)
+      .def("sample_name", &SegmentationMapDataset::sample_name)
       .def_property_readonly("map_file", [](const SegmentationMapDataset& self) { return fs_path(self.map_file().path); })
       .def_property_readonly("entries",
                              [](const SegmentationMapDataset& self) {

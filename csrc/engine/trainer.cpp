@@ -192,7 +192,7 @@ using RowNamer = std::function<std::string(int64_t row)>;
 RowNamer row_namer(const data::ThreadedLoader* loader, const std::vector<int64_t>* indices) {
   return [loader, indices](int64_t row) {
     if (loader && indices && row < static_cast<int64_t>(indices->size())) {
-      return loader->describe(static_cast<size_t>((*indices)[row]));
+      return loader->sample_name(static_cast<size_t>((*indices)[row]));
     }
     return c10::str("sample ", row, " of the batch");
   };

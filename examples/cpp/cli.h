@@ -213,7 +213,7 @@ data::ThreadedLoader make_loader(std::shared_ptr<Dataset> dataset, const data::L
         auto example = dataset->load(index, epoch);
         return std::vector<torch::Tensor>{example.data, example.target};
       },
-      [dataset](size_t index) { return dataset->describe(index); }, size, options);
+      [dataset](size_t index) { return dataset->sample_name(index); }, size, options);
 }
 
 inline int64_t count_parameters(const torch::nn::Module& module, bool trainable_only) {
