@@ -173,6 +173,14 @@ struct TrainArgs {
   double lr = 0.01, momentum = 0.9, weight_decay = 1e-4, lr_gamma = 0.1;
 };
 
+// The data and the class count; the help texts say what a line of the program's map files holds.
+inline void add_data_options(Options& options, TrainArgs& args, const std::string& train_help,
+                             const std::string& num_classes_help) {
+  options.text("--train", &args.train, train_help);
+  options.text("--val", &args.val, "validation map file, evaluated after every epoch");
+  options.integer("--num-classes,--classes", &args.num_classes, 1, num_classes_help, /*show_default=*/false);
+}
+
 // The optimizer and its learning-rate schedule.
 inline void add_optimizer_options(Options& options, TrainArgs& args) {
   options.text("--opt,--optimizer", &args.opt, "optimizer", {"sgd", "sgd_nesterov", "adam", "adamw"});

@@ -159,12 +159,10 @@ int main(int argc, char** argv) {
   examples::Options options(
       "segmentation --train MAP --val MAP --num-classes N [--model NAME] [--weights PATH] [options]",
       "Trains FCN or DeepLabV3 as torchvision's references/segmentation: SGD, poly decay, aux loss 0.5, 255 ignored.");
-  options.text("--train", &args.train,
-               "training map file, one `image<TAB>mask` a line (paths relative to it); masks are palette or gray "
-               "PNGs of class indices, 255 = ignore");
-  options.text("--val", &args.val, "validation map file, evaluated after every epoch");
-  options.integer("--num-classes,--classes", &args.num_classes, 1, "number of classes, 21 for PASCAL VOC (required)",
-                  /*show_default=*/false);
+  examples::add_data_options(options, args,
+                             "training map file, one `image<TAB>mask` a line (paths relative to it); masks are "
+                             "palette or gray PNGs of class indices, 255 = ignore",
+                             "number of classes, 21 for PASCAL VOC (required)");
   options.text("--model,--arch", &args.model, "model",
                {"deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"});
   options.text("--weights", &args.weights,

@@ -123,10 +123,9 @@ int main(int argc, char** argv) {
   examples::Options options(
       "transfer_learning --train MAP --val MAP --num-classes N [--weights PATH] [options]",
       "Fine-tunes a ResNet (every layer), trains a new head on its frozen features, or trains it from scratch.");
-  options.text("--train", &args.train, "training map file, one `image<TAB>class index` a line (paths relative to it)");
-  options.text("--val", &args.val, "validation map file, evaluated after every epoch");
-  options.integer("--num-classes,--classes", &args.num_classes, 1, "number of classes of the new head (required)",
-                  /*show_default=*/false);
+  examples::add_data_options(options, args,
+                             "training map file, one `image<TAB>class index` a line (paths relative to it)",
+                             "number of classes of the new head (required)");
   options.text("--weights", &args.weights,
                "the pretrained model: a traced/scripted archive (torch.jit.save) or a torch.save'd state dict");
   options.text("--model,--arch", &args.model, "resnet18, resnet34, resnet50, resnet101, resnet152, resnext*, wide_resnet*");
