@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import torchtl
-from torchtl import compare, demo_data
+from torchtl.tools import compare, demo_data
 
 
 def cifar_like(n_per_class, seed):

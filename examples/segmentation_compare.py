@@ -11,7 +11,7 @@ import argparse
 import os
 
 import torchtl
-from torchtl import compare, demo_data
+from torchtl.tools import compare, demo_data
 
 
 def main(argv=None):

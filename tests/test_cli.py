@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from torchtl import cli, data, demo_data
+from torchtl import data
+from torchtl.tools import cli, demo_data
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -198,7 +199,7 @@ def test_help_shows_true_defaults():
 
 def test_help_and_version_load_no_torch():
     """--help and --version answer without importing torch (which takes seconds)."""
-    code = ("import sys; from torchtl import cli\n"
+    code = ("import sys; from torchtl.tools import cli\n"
             "for argv in (['--help'], ['--version'], ['train', 'classification', '--help']):\n"
             "    try: cli.main(argv)\n"
             "    except SystemExit as e: assert e.code == 0, e.code\n"
@@ -334,7 +335,7 @@ def test_test_only_writes_nothing(sets, cls_run, capsys, tmp_path, monkeypatch):
 
 
 def test_a_folder_map_is_never_overwritten_with_other_samples(sets, tmp_path):
-    from torchtl import compare
+    from torchtl.tools import compare
 
     _, cls, _ = sets
     folder = os.path.join(os.path.dirname(cls["train"]), "train")

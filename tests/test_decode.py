@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image
 
-from torchtl import data
+from torchtl import _C, data
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -94,7 +94,7 @@ def files(tmp_path_factory):
 
 
 def test_torchcodec_decodes():
-    assert data._D.load_image_ops("") == "", "TorchCodec is installed here, so it must be the decoder"
+    assert _C.data.load_image_ops("") == "", "TorchCodec is installed here, so it must be the decoder"
     assert torch.ops.torchcodec_ns.decode_jpeg is not None
 
 

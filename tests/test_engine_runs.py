@@ -214,7 +214,7 @@ def test_resume_errors_name_the_file(cls_map, tmp_path):
     cpp = torchtl.engine._cpp_model(m)
     options = dict(epochs=2, device="cpu", resume=str(truncated))
     with pytest.raises(ValueError, match=f"cannot read '{truncated}'"):
-        torchtl._C.engine.fit(cpp, loader(cls_map)._cpp, None, options, None, None)
+        torchtl._C.engine.fit(cpp, loader(cls_map)._cpp, None, None, None, **options)
     options["resume"] = str(run / "best.pt")
     with pytest.raises(ValueError, match="is not a checkpoint written by fit"):
-        torchtl._C.engine.fit(cpp, loader(cls_map)._cpp, None, options, None, None)
+        torchtl._C.engine.fit(cpp, loader(cls_map)._cpp, None, None, None, **options)

@@ -51,7 +51,7 @@ def folder(tmp_path_factory):
     from torchvision.io import write_jpeg
 
     import torchtl
-    from torchtl import demo_data
+    from torchtl.tools import demo_data
 
     root = tmp_path_factory.mktemp("readme")
     generator = torch.Generator().manual_seed(0)

@@ -28,6 +28,7 @@ def test_every_weight_source(tv18, tmp_path):
     state = tv18.state_dict()
     torch.save(state, tmp_path / "sd.pth")
     torch.save({"model": state, "epoch": 3}, tmp_path / "ckpt.pth")
+    torch.save({"model": {"module." + k: v for k, v in state.items()}}, tmp_path / "ddp.pth")
     torch.jit.trace(tv18, torch.randn(1, 3, 64, 64)).save(str(tmp_path / "traced.pt"))
     torch.jit.script(tv18).save(str(tmp_path / "scripted.pt"))
     sources = [
@@ -36,6 +37,7 @@ def test_every_weight_source(tv18, tmp_path):
         {"module." + k: v for k, v in state.items()},  # DataParallel checkpoints
         str(tmp_path / "sd.pth"),
         tmp_path / "ckpt.pth",
+        tmp_path / "ddp.pth",  # a DistributedDataParallel checkpoint, read by the C++ reader
         str(tmp_path / "traced.pt"),
         str(tmp_path / "scripted.pt"),
     ]

@@ -8,7 +8,7 @@ __all__ = ["data", "engine", "models", "reference", "segmentation", "load_weight
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
 # loading torch (seconds). The library loads on first use, torch and torchvision always before the
 # extension.
-_SUBMODULES = {"_C", "compare", "data", "demo_data", "engine", "fast_path", "models", "reference", "segmentation",
+_SUBMODULES = {"_C", "data", "engine", "fast_path", "models", "reference", "segmentation", "tools",
                "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
 _FAST_PATH = {"exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"}

@@ -1,6 +1,6 @@
 """``python -m torchtl ...``: the same as the ``torchtl`` command."""
 import sys
 
-from torchtl.cli import main
+from torchtl.tools.cli import main
 
 sys.exit(main())

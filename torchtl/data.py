@@ -25,8 +25,6 @@ import torch
 
 from torchtl import _C
 
-_D = _C.data
-
 
 def _load_image_ops() -> None:
     # TorchCodec's image library, found without importing torchcodec (whose import also probes
@@ -36,7 +34,7 @@ def _load_image_ops() -> None:
     spec = importlib.util.find_spec("torchcodec")
     if spec is not None and spec.submodule_search_locations and not os.environ.get("TORCHTL_TORCHCODEC_LIBRARY"):
         library = os.path.join(list(spec.submodule_search_locations)[0], "libtorchcodec_image.so")
-    reason = _D.load_image_ops(library)
+    reason = _C.data.load_image_ops(library)
     if reason:
         warnings.warn(f"torchtl decodes images with torchvision's deprecated image ops: {reason}", stacklevel=3)
 
@@ -59,6 +57,7 @@ __all__ = [
     "MapDataset",
     "SegmentationMapDataset",
     "DataLoader",
+    "count_classes",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -135,17 +134,17 @@ def write_map_file(root, map_path, *, layout: str = "auto", split: str = "train"
         is_voc = os.path.isdir(os.path.join(root, "JPEGImages")) and os.path.isdir(os.path.join(root, "SegmentationClass"))
         layout = "voc" if is_voc else "imagefolder"
     if layout == "voc":
-        return _D.write_voc_map(_fs(root), split, _fs(map_path))
+        return _C.data.write_voc_map(_fs(root), split, _fs(map_path))
     if layout == "imagefolder":
         classes_path = os.fsdecode(classes_path or classes_path_for(map_path))
         _refuse_overwriting_other_maps(map_path, classes_path)
-        return _D.write_image_folder_map(_fs(root), _fs(map_path), _fs(classes_path))
+        return _C.data.write_image_folder_map(_fs(root), _fs(map_path), _fs(classes_path))
     raise ValueError(f"layout must be 'auto', 'imagefolder' or 'voc', got {layout!r}")
 
 
 def read_image(path) -> torch.Tensor:
     """uint8 3 x H x W RGB, EXIF orientation applied: what the datasets decode."""
-    return _D.read_image(_fs(path))
+    return _C.data.read_image(_fs(path))
 
 
 def read_jpegs(paths, device="cuda") -> list[torch.Tensor]:
@@ -154,12 +153,12 @@ def read_jpegs(paths, device="cuda") -> list[torch.Tensor]:
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"read_jpegs decodes on a CUDA device, got {device}; use read_image on the CPU")
-    return _D.read_jpegs([os.fspath(p) for p in paths], device)
+    return _C.data.read_jpegs([os.fspath(p) for p in paths], device)
 
 
 def read_mask(path) -> torch.Tensor:
     """H x W class indices exactly as stored (palette index or gray value)."""
-    return _D.read_mask(_fs(path))
+    return _C.data.read_mask(_fs(path))
 
 
 def classification_transform(
@@ -182,7 +181,7 @@ def classification_transform(
     """
     if resize_size is None:
         resize_size = size * 256 // 224
-    return _D.ClassificationTransform(
+    return _C.data.ClassificationTransform(
         train=bool(train),
         size=int(size),
         resize_size=int(resize_size),
@@ -211,7 +210,7 @@ def segmentation_transform(
     eval: the shorter side resized to ``base_size``. Masks are resized with nearest and returned
     as int64. Call it as ``t(image, mask, seed=0)``.
     """
-    return _D.SegmentationTransform(
+    return _C.data.SegmentationTransform(
         train=bool(train),
         base_size=int(base_size),
         crop_size=int(crop_size),
@@ -278,7 +277,7 @@ class MapDataset(_MapDatasetBase):
     def __init__(self, map_file, transform=None, *, num_classes: Optional[int] = None, classes_file=None,
                  seed: int = 0, on_error: str = "raise"):
         map_file = os.fsdecode(map_file)
-        if transform is not None and not isinstance(transform, _D.ClassificationTransform):
+        if transform is not None and not isinstance(transform, _C.data.ClassificationTransform):
             raise TypeError("transform must come from torchtl.data.classification_transform(...)")
         classes_file = classes_file if classes_file is not None else find_classes_file(map_file)
         self.classes = read_classes(classes_file) if classes_file is not None else None
@@ -286,7 +285,7 @@ class MapDataset(_MapDatasetBase):
             num_classes = len(self.classes)
         self.num_classes = num_classes
         self.transform = transform
-        self._cpp = _D.MapDataset(_fs(map_file), transform, -1 if num_classes is None else int(num_classes), seed,
+        self._cpp = _C.data.MapDataset(_fs(map_file), transform, -1 if num_classes is None else int(num_classes), seed,
                                   _check_on_error(on_error))
         _warn_skipped_lines(self)
 
@@ -312,14 +311,14 @@ class SegmentationMapDataset(_MapDatasetBase):
     def __init__(self, map_file, transform=None, *, num_classes: Optional[int] = None, ignore_index: int = 255,
                  seed: int = 0, on_error: str = "raise"):
         map_file = os.fsdecode(map_file)
-        if transform is not None and not isinstance(transform, _D.SegmentationTransform):
+        if transform is not None and not isinstance(transform, _C.data.SegmentationTransform):
             raise TypeError("transform must come from torchtl.data.segmentation_transform(...)")
         if num_classes is not None and int(num_classes) <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.transform = transform
         self.num_classes = num_classes
         self.ignore_index = int(ignore_index)
-        self._cpp = _D.SegmentationMapDataset(_fs(map_file), transform, -1 if num_classes is None else int(num_classes),
+        self._cpp = _C.data.SegmentationMapDataset(_fs(map_file), transform, -1 if num_classes is None else int(num_classes),
                                               self.ignore_index, seed, _check_on_error(on_error))
         _warn_skipped_lines(self)
 
@@ -370,7 +369,7 @@ class DataLoader:
         self._args = dict(batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed,
                           drop_last=drop_last, pin_memory=self.pin_memory, prefetch_factor=prefetch_factor,
                           on_error=on_error)
-        self._cpp = _D.ThreadedLoader(dataset._cpp, self.batch_size, bool(shuffle), self.num_workers, seed,
+        self._cpp = _C.data.ThreadedLoader(dataset._cpp, self.batch_size, bool(shuffle), self.num_workers, seed,
                                       bool(drop_last), self.pin_memory, int(prefetch_factor), self._skip,
                                       int(num_replicas), int(rank))
         self.num_replicas = int(num_replicas)
@@ -446,3 +445,12 @@ class _EpochIterator:
         if cpp is not None:
             self._cpp = None
             cpp.close()
+
+
+def count_classes(map_file) -> int:
+    """The number of classes of a classification map file: its classes file's length, else the
+    largest label + 1 (read by the C++ reader, which names the line of any malformed entry)."""
+    classes = find_classes_file(map_file)
+    if classes is not None:
+        return len(read_classes(classes))
+    return max(label for _, label in MapDataset(map_file).samples) + 1

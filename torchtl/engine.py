@@ -35,12 +35,11 @@ from torchtl import _C, _runlog
 
 __all__ = ["fit", "evaluate", "default_device"]
 
-_E = _C.engine
-
 # torch.optim classes whose step LibTorch runs the same way, by the kind the C++ engine knows.
 _OPTIMIZER_KINDS = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw",
                     torch.optim.RMSprop: "rmsprop"}
-_STRING_DEFAULTS = dict(lr=0.01, momentum=0.9, weight_decay=0.0, nesterov=False)
+# The string form's hyperparameters: the C++ options' defaults.
+_STRING_DEFAULTS = {k: _C.engine.FIT_OPTIONS[k] for k in ("lr", "momentum", "weight_decay", "nesterov")}
 
 
 def default_device() -> str:
@@ -97,7 +96,7 @@ def _cpp_model(model):
             return to_cpp(model)
         except TypeError:
             pass  # a layer C++ does not have: the Python forward runs instead (so do hooks)
-    return _E.python_module(model)
+    return _C.engine.python_module(model)
 
 
 def _sync_bn(model, sync_bn: Optional[bool], group) -> bool:
@@ -140,7 +139,7 @@ def _deterministic(loader) -> bool:
     return getattr(loader, "_cpp", None) is not None and (transform is None or not transform.train)
 
 
-def optimizer_groups(optimizer) -> tuple[str, list[dict]]:
+def optimizer_groups(optimizer) -> tuple[str, list]:
     """The LibTorch kind and parameter groups of a torch.optim optimizer (fit's ``param_groups``)."""
     kind = _OPTIMIZER_KINDS.get(type(optimizer))
     if kind is None:
@@ -170,10 +169,17 @@ def optimizer_groups(optimizer) -> tuple[str, list[dict]]:
         else:
             group.update(alpha=float(g["alpha"]), eps=float(g["eps"]), momentum=float(g["momentum"]),
                          centered=bool(g["centered"]))
-        groups.append(group)
+        groups.append(_param_group(group))
     if kind == "adamw" and any(not g.get("decoupled_weight_decay") for g in optimizer.param_groups):
         raise ValueError("an Adam whose param groups mix decoupled_weight_decay values has no LibTorch equivalent")
     return kind, groups
+
+
+def _param_group(values: dict):
+    group = _C.engine.ParamGroup()
+    for name, value in values.items():
+        setattr(group, name, value)
+    return group
 
 
 def check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses):
@@ -240,6 +246,35 @@ class _Bar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _progress_dict(p) -> dict:
+    """What a progress callback sees; epochs count from 1, as on the screen and in history.json."""
+    return dict(training=p.training, epoch=p.epoch + 1, epochs=p.epochs, batch=p.batch, num_batches=p.num_batches,
+                images=p.images, loss=p.loss, accuracy=p.accuracy)
+
+
+def _eval_dict(r, segmentation: bool) -> dict:
+    d = dict(loss=r.loss, skipped=len(r.skipped))
+    if segmentation:
+        d.update(pixel_acc=r.pixel_accuracy, miou=r.mean_iou, iou=r.iou)
+    else:
+        d.update(acc1=r.acc1, acc5=r.acc5)
+    d.update(confusion=r.confusion, images=r.images, seconds=r.seconds)
+    return d
+
+
+def _epoch_dict(r, segmentation: bool) -> dict:
+    """An epoch of the history; epochs count from 1, as on the screen and in history.json."""
+    d = dict(epoch=r.epoch + 1, lr=r.lr, train_loss=r.train_loss)
+    if not segmentation:
+        d["train_acc"] = r.train_acc
+    d.update(step_losses=r.step_losses, nonfinite_losses=r.nonfinite_losses, skipped=len(r.skipped), images=r.images,
+             seconds=r.seconds, images_per_second=r.images_per_second, feature_cache=r.used_feature_cache)
+    if r.has_val:
+        d["val"] = _eval_dict(r.val, segmentation)
+    d.update(best_metric=r.best_metric, best_epoch=r.best_epoch + 1)
+    return d
 
 
 def _resume_epoch(resume) -> int:
@@ -339,23 +374,27 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     train_src = _source(train_loader, "train_loader", need_len=True)
     val_src = _source(val_loader, "val_loader", need_len=False) if val_loader is not None else None
     cache = bool(cache_features) and mode == "feature_extractor" and _deterministic(train_loader)
+    defaults = _C.engine.FIT_OPTIONS
     options = dict(task=task, mode=mode, optimizer=kind, param_groups=groups, lr=float(hyper["lr"]),
                    momentum=float(hyper["momentum"]), weight_decay=float(hyper["weight_decay"]),
-                   nesterov=bool(hyper["nesterov"]), head_lr=-1.0 if head_lr is None else float(head_lr),
+                   nesterov=bool(hyper["nesterov"]), head_lr=defaults["head_lr"] if head_lr is None else float(head_lr),
                    epochs=int(epochs), lr_schedule=lr_schedule, step_size=int(step_size), gamma=float(gamma),
-                   warmup_epochs=int(warmup_epochs), clip_grad_norm=float(clip_grad_norm or 0.0),
+                   warmup_epochs=int(warmup_epochs), clip_grad_norm=float(clip_grad_norm or defaults["clip_grad_norm"]),
                    label_smoothing=float(label_smoothing), class_weights=_class_weights(class_weights),
                    max_nonfinite_losses=int(max_nonfinite_losses), aux_weight=float(aux_weight),
-                   ignore_index=int(ignore_index), device=str(device), amp=amp or "off",
-                   channels_last=True if channels_last is None else bool(channels_last), cache_features=cache,
-                   sync_bn=_sync_bn(model, sync_bn, group), checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
+                   ignore_index=int(ignore_index), device=str(device), amp=amp or defaults["amp"],
+                   channels_last=defaults["channels_last"] if channels_last is None else bool(channels_last),
+                   cache_features=cache, sync_bn=_sync_bn(model, sync_bn, group),
+                   checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
                    resume=os.fspath(resume) if resume else "", seed=int(seed), process_group=group)
     bar = progress if callable(progress) else _Bar(bool(progress) and main)
     log = _runlog.RunLog({"engine": "torchtl", "task": task, "mode": mode, "device": str(device), "feature_cache": False},
                          epochs=int(epochs), checkpoint_dir=checkpoint_dir, resume_epoch=resume_epoch,
                          tensorboard=tensorboard, writes=main, echo=bar.write if isinstance(bar, _Bar) and bar.enabled else None)
+    segmentation = task == "segmentation"
     try:
-        result = _E.fit(cpp, train_src, val_src, options, bar, log.epoch_end)
+        fitted, keyboard_interrupt = _C.engine.fit(cpp, train_src, val_src, lambda p: bar(_progress_dict(p)),
+                                                   lambda r: log.epoch_end(_epoch_dict(r, segmentation)), **options)
     except BaseException:
         log.finish()
         raise
@@ -364,6 +403,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
             bar.close()
         if hasattr(model, "_tree"):
             model._tree.invalidate()  # C++ changed train/eval flags; resync on the next forward
+    result = dict(epochs=[_epoch_dict(r, segmentation) for r in fitted.epochs], interrupted=fitted.interrupted)
     if hasattr(train_loader, "set_epoch"):
         train_loader.set_epoch(len(result["epochs"]))
     log.history["feature_cache"] = any(e.get("feature_cache") for e in log.history["epochs"]) or any(
@@ -375,7 +415,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     history = log.finish(partial if result["interrupted"] else None, interrupted=result["interrupted"])
     if group is not None:
         torch.distributed.barrier()  # fit returns on every rank once rank 0's files are complete
-    if result["keyboard_interrupt"]:
+    if keyboard_interrupt:
         where = (f"; last.pt: {os.path.join(os.fspath(checkpoint_dir), 'last.pt')} (resume= it to continue)"
                  if checkpoint_dir else " (no checkpoint_dir: nothing saved)")
         message = f"training interrupted after {done} of {epochs} epochs{where}"
@@ -396,13 +436,17 @@ def evaluate(model, loader, *, task: str = "classification", device: Optional[st
     group = _process_group(device)
     device = _rank_device(device, group)
     model.to(device)
-    options = dict(task=task, device=str(device), ignore_index=int(ignore_index), amp=amp or "off",
-                   channels_last=True if channels_last is None else bool(channels_last), process_group=group)
+    defaults = _C.engine.FIT_OPTIONS
     bar = _Bar(progress and _is_main_process(group))
     try:
-        result = _E.evaluate(_cpp_model(model), _source(loader, "loader", need_len=False), options, bar)
+        result = _C.engine.evaluate(
+            _cpp_model(model), _source(loader, "loader", need_len=False), lambda p: bar(_progress_dict(p)),
+            task=task, device=str(device),
+            ignore_index=int(ignore_index), amp=amp or defaults["amp"],
+            channels_last=defaults["channels_last"] if channels_last is None else bool(channels_last),
+            process_group=group)
     finally:
         bar.close()
         if hasattr(model, "_tree"):
             model._tree.invalidate()
-    return result
+    return _eval_dict(result, task == "segmentation")

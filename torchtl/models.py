@@ -127,8 +127,8 @@ def _resnet(arch: str, weights, kwargs: dict) -> ResNet:
     state = dict(read_state_dict(weights)) if weights is not None else None
     num_classes = kwargs.get("num_classes")
     if num_classes is None:
-        head = state.get("fc.weight") if state is not None else None
-        num_classes = int(head.shape[0]) if head is not None else 1000
+        head = _C.head_num_classes(list(state.items()), "fc.weight") if state is not None else None
+        num_classes = 1000 if head is None else head
     zero_init_residual = bool(kwargs.get("zero_init_residual", False))
     dilation = kwargs.get("replace_stride_with_dilation")
     dilation = [False] * 3 if dilation is None else [bool(d) for d in dilation]

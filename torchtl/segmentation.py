@@ -125,8 +125,7 @@ def _segmentation(kind: str, backbone: str, weights, num_classes, aux_loss, weig
     if weights is not None:
         state = dict(read_state_dict(weights))
         if num_classes is None:
-            head = state.get("classifier.4.weight")
-            num_classes = int(head.shape[0]) if head is not None else 21
+            num_classes = _C.head_num_classes(list(state.items()), "classifier.4.weight")
         has_aux = any(k.startswith("aux_classifier.") for k in state)
         if aux_loss is None:
             aux_loss = has_aux

@@ -34,18 +34,13 @@ def _unwrap_checkpoint(mapping: Mapping):
     raise ValueError("expected a state dict (names to tensors) or a checkpoint holding one under 'model' or 'state_dict'")
 
 
-def _read_file(path: str):
-    # The C++ reader LibTorch programs use too: traced/scripted archives and torch.save files
-    # (OrderedDict state dicts and checkpoints included), refusing pickled Python objects by name.
-    return _C.read_weights(path)
-
-
 def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
     """Weights from any source torchtl accepts, as an ordered list of (name, tensor).
 
     ``source`` is a module (torchvision's, torchtl's, a loaded TorchScript module), a state dict
     (or a checkpoint dict holding one under ``"model"``/``"state_dict"``), or the path of a
-    ``torch.save`` file or a ``torch.jit.trace``/``torch.jit.script`` archive.
+    ``torch.save`` file or a ``torch.jit.trace``/``torch.jit.script`` archive. The ``module.``
+    prefix of DataParallel/DistributedDataParallel checkpoints is dropped.
     """
     try:
         from torchvision.models import WeightsEnum
@@ -62,13 +57,12 @@ def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file not found: {path}")
-        pairs = _read_file(path)
+        # The C++ reader LibTorch programs use too: traced/scripted archives and torch.save files
+        # (OrderedDict state dicts and checkpoints included), refusing pickled Python objects by name.
+        return _C.read_weights(path)
     else:
         raise TypeError(f"weights must be a module, a state dict or a path, got {type(source).__name__}")
-    # Checkpoints written from nn.DataParallel / DistributedDataParallel prefix every key.
-    if pairs and all(k.startswith("module.") for k, _ in pairs):
-        pairs = [(k[len("module."):], v) for k, v in pairs]
-    return pairs
+    return _C.strip_module_prefix(pairs)
 
 
 def _cpp_root(model):
@@ -96,17 +90,12 @@ def load_weights(model: nn.Module, source, strict: bool = True) -> LoadResult:
 def load_pretrained(model: nn.Module, source, head_prefixes: tuple[str, ...]) -> None:
     """Loads ``source`` whole, except head tensors whose shape differs (another num_classes): those
     keep their fresh initialisation, with a warning naming them."""
-    pairs = read_state_dict(source)
-    own = model.state_dict()
-    reinitialised = [k for k, v in pairs if k.startswith(head_prefixes) and k in own and own[k].shape != v.shape]
-    if reinitialised:
-        warnings.warn(f"num_classes differs from the weights: re-initialised {', '.join(reinitialised)}", stacklevel=3)
-        skip = set(reinitialised)
-        pairs = [(k, v) for k, v in pairs if k not in skip] + [(k, own[k]) for k in reinitialised]
     try:
-        _C.load_state_dict(_cpp_root(model), pairs, True)
+        reinitialised, _, _ = _C.load_pretrained(_cpp_root(model), read_state_dict(source), list(head_prefixes))
     except ValueError as e:
         raise WeightsMismatchError(str(e)) from None
+    if reinitialised:
+        warnings.warn(f"num_classes differs from the weights: re-initialised {', '.join(reinitialised)}", stacklevel=3)
 
 
 def export_traced(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor | None = None) -> str:

@@ -88,7 +88,31 @@ ThreadedLoader make_loader(std::shared_ptr<Dataset> ds, const LoaderOptions& opt
         auto example = ds->load(index, epoch);
         return std::vector<torch::Tensor>{example.data, example.target};
       },
-      [ds](size_t index) { return ds->describe(index); }, size, options);
+      [ds](size_t index) { return ds->sample_name(index); }, size, options);
+}
+
+// What MapDataset and SegmentationMapDataset show Python alike, beside their constructors.
+template <typename Dataset>
+void def_map_file_dataset(py::class_<Dataset, std::shared_ptr<Dataset>>& c, bool segmentation) {
+  c.def("__len__", [](const Dataset& self) { return *self.size(); })
+      .def(
+          "load",
+          [](const Dataset& self, size_t index, const py::object& epoch) {
+            const auto e = unsigned_arg(epoch, "epoch");
+            py::gil_scoped_release no_gil;
+            auto example = self.load(index, e);
+            return std::make_pair(example.data, example.target);
+          },
+          py::arg("index"), py::arg("epoch") = 0)
+      .def("sample_name", &Dataset::sample_name)
+      .def_property_readonly("map_file", [](const Dataset& self) { return fs_path(self.map_file().path); })
+      .def_property_readonly("entries",
+                             [segmentation](const Dataset& self) {
+                               py::list out;
+                               for (const auto& e : self.map_file().entries) out.append(entry_tuple(e, segmentation));
+                               return out;
+                             })
+      .def_property_readonly("skipped_lines", [](const Dataset& self) { return messages(self.map_file().skipped); });
 }
 
 }  // namespace
@@ -181,7 +205,6 @@ void init_data(py::module_& m) {
         py::arg("classes_path"), py::call_guard<py::gil_scoped_release>());
   d.def("write_voc_map", &write_voc_map, py::arg("root"), py::arg("split"), py::arg("map_path"),
         py::call_guard<py::gil_scoped_release>());
-  d.def("mix_seed", &mix_seed, py::arg("seed"), py::arg("epoch"), py::arg("index"));
 
   py::class_<ClassificationTransform, std::shared_ptr<ClassificationTransform>>(d, "ClassificationTransform")
       .def(py::init([](bool train, int64_t size, int64_t resize_size, std::vector<double> mean, std::vector<double> std,
@@ -235,73 +258,38 @@ void init_data(py::module_& m) {
       .def_property_readonly("train", [](const SegmentationTransform& self) { return self.options().train(); })
       .def("__repr__", &SegmentationTransform::repr);
 
-  py::class_<MapDataset, std::shared_ptr<MapDataset>>(d, "MapDataset")
-      .def(py::init([](const std::string& map_file, std::shared_ptr<ClassificationTransform> transform,
-                       int64_t num_classes, const py::object& seed, bool skip_bad_lines) {
-             auto options = MapDatasetOptions()
-                                .transform(std::move(transform))
-                                .num_classes(num_classes)
-                                .seed(unsigned_arg(seed, "seed"))
-                                .skip_bad_lines(skip_bad_lines);
-             py::gil_scoped_release no_gil;
-             return std::make_shared<MapDataset>(map_file, std::move(options));
-           }),
-           py::arg("map_file"), py::arg("transform"), py::arg("num_classes"), py::arg("seed"),
-           py::arg("skip_bad_lines"))
-      .def("__len__", [](const MapDataset& self) { return *self.size(); })
-      .def(
-          "load",
-          [](const MapDataset& self, size_t index, const py::object& epoch) {
-            const auto e = unsigned_arg(epoch, "epoch");
-            py::gil_scoped_release no_gil;
-            auto example = self.load(index, e);
-            return std::make_pair(example.data, example.target);
-          },
-          py::arg("index"), py::arg("epoch") = 0)
-      .def("describe", &MapDataset::describe)
-      .def_property_readonly("map_file", [](const MapDataset& self) { return fs_path(self.map_file().path); })
-      .def_property_readonly("entries",
-                             [](const MapDataset& self) {
-                               py::list out;
-                               for (const auto& e : self.map_file().entries) out.append(entry_tuple(e, false));
-                               return out;
-                             })
-      .def_property_readonly("skipped_lines", [](const MapDataset& self) { return messages(self.map_file().skipped); });
+  py::class_<MapDataset, std::shared_ptr<MapDataset>> map_dataset(d, "MapDataset");
+  map_dataset.def(py::init([](const std::string& map_file, std::shared_ptr<ClassificationTransform> transform,
+                               int64_t num_classes, const py::object& seed, bool skip_bad_lines) {
+                    auto options = MapDatasetOptions()
+                                       .transform(std::move(transform))
+                                       .num_classes(num_classes)
+                                       .seed(unsigned_arg(seed, "seed"))
+                                       .skip_bad_lines(skip_bad_lines);
+                    py::gil_scoped_release no_gil;
+                    return std::make_shared<MapDataset>(map_file, std::move(options));
+                  }),
+                  py::arg("map_file"), py::arg("transform"), py::arg("num_classes"), py::arg("seed"),
+                  py::arg("skip_bad_lines"));
+  def_map_file_dataset(map_dataset, /*segmentation=*/false);
 
-  py::class_<SegmentationMapDataset, std::shared_ptr<SegmentationMapDataset>>(d, "SegmentationMapDataset")
-      .def(py::init([](const std::string& map_file, std::shared_ptr<SegmentationTransform> transform,
-                       int64_t num_classes, int64_t ignore_index, const py::object& seed, bool skip_bad_lines) {
-             auto options = SegmentationMapDatasetOptions()
-                                .transform(std::move(transform))
-                                .num_classes(num_classes)
-                                .ignore_index(ignore_index)
-                                .seed(unsigned_arg(seed, "seed"))
-                                .skip_bad_lines(skip_bad_lines);
-             py::gil_scoped_release no_gil;
-             return std::make_shared<SegmentationMapDataset>(map_file, std::move(options));
-           }),
-           py::arg("map_file"), py::arg("transform"), py::arg("num_classes"), py::arg("ignore_index"), py::arg("seed"),
-           py::arg("skip_bad_lines"))
-      .def("__len__", [](const SegmentationMapDataset& self) { return *self.size(); })
-      .def(
-          "load",
-          [](const SegmentationMapDataset& self, size_t index, const py::object& epoch) {
-            const auto e = unsigned_arg(epoch, "epoch");
-            py::gil_scoped_release no_gil;
-            auto example = self.load(index, e);
-            return std::make_pair(example.data, example.target);
-          },
-          py::arg("index"), py::arg("epoch") = 0)
-      .def("describe", &SegmentationMapDataset::describe)
-      .def_property_readonly("map_file", [](const SegmentationMapDataset& self) { return fs_path(self.map_file().path); })
-      .def_property_readonly("entries",
-                             [](const SegmentationMapDataset& self) {
-                               py::list out;
-                               for (const auto& e : self.map_file().entries) out.append(entry_tuple(e, true));
-                               return out;
-                             })
-      .def_property_readonly("skipped_lines",
-                             [](const SegmentationMapDataset& self) { return messages(self.map_file().skipped); });
+  py::class_<SegmentationMapDataset, std::shared_ptr<SegmentationMapDataset>> segmentation_dataset(
+      d, "SegmentationMapDataset");
+  segmentation_dataset.def(
+      py::init([](const std::string& map_file, std::shared_ptr<SegmentationTransform> transform, int64_t num_classes,
+                  int64_t ignore_index, const py::object& seed, bool skip_bad_lines) {
+        auto options = SegmentationMapDatasetOptions()
+                           .transform(std::move(transform))
+                           .num_classes(num_classes)
+                           .ignore_index(ignore_index)
+                           .seed(unsigned_arg(seed, "seed"))
+                           .skip_bad_lines(skip_bad_lines);
+        py::gil_scoped_release no_gil;
+        return std::make_shared<SegmentationMapDataset>(map_file, std::move(options));
+      }),
+      py::arg("map_file"), py::arg("transform"), py::arg("num_classes"), py::arg("ignore_index"), py::arg("seed"),
+      py::arg("skip_bad_lines"));
+  def_map_file_dataset(segmentation_dataset, /*segmentation=*/true);
 
   py::class_<LoaderEpoch>(d, "LoaderEpoch")
       .def(

@@ -18,93 +18,30 @@ namespace {
 
 using engine::FitOptions;
 
-engine::ParamGroup param_group(const py::dict& d) {
-  engine::ParamGroup g;
-  for (const auto& [key_obj, value] : d) {
-    const auto key = key_obj.cast<std::string>();
-    if (key == "params") g.params = value.cast<std::vector<torch::Tensor>>();
-    else if (key == "lr") g.lr = value.cast<double>();
-    else if (key == "weight_decay") g.weight_decay = value.cast<double>();
-    else if (key == "momentum") g.momentum = value.cast<double>();
-    else if (key == "dampening") g.dampening = value.cast<double>();
-    else if (key == "nesterov") g.nesterov = value.cast<bool>();
-    else if (key == "beta1") g.beta1 = value.cast<double>();
-    else if (key == "beta2") g.beta2 = value.cast<double>();
-    else if (key == "eps") g.eps = value.cast<double>();
-    else if (key == "amsgrad") g.amsgrad = value.cast<bool>();
-    else if (key == "alpha") g.alpha = value.cast<double>();
-    else if (key == "centered") g.centered = value.cast<bool>();
-    else throw py::value_error("unknown param group option '" + key + "'");
+// How a fit option crosses into Python: as its own type, or as None where C++ has an empty value.
+template <typename T>
+struct OptionArg {
+  using type = T;
+  static T to_cpp(T value) { return value; }
+  static T to_python(T value) { return value; }
+};
+template <>
+struct OptionArg<torch::Tensor> {
+  using type = std::optional<torch::Tensor>;
+  static torch::Tensor to_cpp(const type& value) { return value.value_or(torch::Tensor()); }
+  static type to_python(const torch::Tensor& value) { return value.defined() ? type(value) : std::nullopt; }
+};
+// torch.distributed's own ProcessGroup object (torch._C._distributed_c10d), shared with C++.
+template <>
+struct OptionArg<c10::intrusive_ptr<c10d::ProcessGroup>> {
+  using type = py::object;
+  static c10::intrusive_ptr<c10d::ProcessGroup> to_cpp(const py::object& value) {
+    return value.is_none() ? nullptr : value.cast<c10::intrusive_ptr<c10d::ProcessGroup>>();
   }
-  return g;
-}
-
-FitOptions fit_options(const py::dict& d) {
-  FitOptions o;
-  for (const auto& [key_obj, value] : d) {
-    const auto key = key_obj.cast<std::string>();
-    if (key == "task") o.task(value.cast<std::string>());
-    else if (key == "mode") o.mode(value.cast<std::string>());
-    else if (key == "optimizer") o.optimizer(value.cast<std::string>());
-    else if (key == "lr") o.lr(value.cast<double>());
-    else if (key == "head_lr") o.head_lr(value.cast<double>());
-    else if (key == "momentum") o.momentum(value.cast<double>());
-    else if (key == "nesterov") o.nesterov(value.cast<bool>());
-    else if (key == "weight_decay") o.weight_decay(value.cast<double>());
-    else if (key == "epochs") o.epochs(value.cast<int64_t>());
-    else if (key == "lr_schedule") o.lr_schedule(value.cast<std::string>());
-    else if (key == "step_size") o.step_size(value.cast<int64_t>());
-    else if (key == "gamma") o.gamma(value.cast<double>());
-    else if (key == "warmup_epochs") o.warmup_epochs(value.cast<int64_t>());
-    else if (key == "clip_grad_norm") o.clip_grad_norm(value.cast<double>());
-    else if (key == "label_smoothing") o.label_smoothing(value.cast<double>());
-    else if (key == "class_weights") o.class_weights(value.is_none() ? torch::Tensor() : value.cast<torch::Tensor>());
-    else if (key == "max_nonfinite_losses") o.max_nonfinite_losses(value.cast<int64_t>());
-    else if (key == "param_groups") {
-      std::vector<engine::ParamGroup> groups;
-      for (const auto& g : value.cast<py::list>()) groups.push_back(param_group(g.cast<py::dict>()));
-      o.param_groups(std::move(groups));
-    }
-    else if (key == "aux_weight") o.aux_weight(value.cast<double>());
-    else if (key == "ignore_index") o.ignore_index(value.cast<int64_t>());
-    else if (key == "device") o.device(value.cast<std::string>());
-    else if (key == "amp") o.amp(value.cast<std::string>());
-    else if (key == "channels_last") o.channels_last(value.cast<bool>());
-    else if (key == "cache_features") o.cache_features(value.cast<bool>());
-    else if (key == "sync_bn") o.sync_bn(value.cast<bool>());
-    else if (key == "checkpoint_dir") o.checkpoint_dir(value.cast<std::string>());
-    else if (key == "resume") o.resume(value.cast<std::string>());
-    else if (key == "seed") {
-      const auto seed = value.cast<int64_t>();
-      if (seed < 0) throw py::value_error("seed must be >= 0, got " + std::to_string(seed));
-      o.seed(static_cast<uint64_t>(seed));
-    }
-    // torch.distributed's own ProcessGroup object (torch._C._distributed_c10d), shared with C++.
-    else if (key == "process_group") {
-      if (!value.is_none()) o.process_group(value.cast<c10::intrusive_ptr<c10d::ProcessGroup>>());
-    }
-    else throw py::value_error("unknown fit option '" + key + "'");
+  static py::object to_python(const c10::intrusive_ptr<c10d::ProcessGroup>& value) {
+    return value ? py::cast(value) : py::none();
   }
-  return o;
-}
-
-py::dict eval_dict(const engine::EvalResult& r, bool segmentation) {
-  py::dict d;
-  d["loss"] = r.loss;
-  d["skipped"] = r.skipped.size();
-  if (segmentation) {
-    d["pixel_acc"] = r.pixel_accuracy;
-    d["miou"] = r.mean_iou;
-    d["iou"] = r.iou;
-  } else {
-    d["acc1"] = r.acc1;
-    d["acc5"] = r.acc5;
-  }
-  d["confusion"] = r.confusion;
-  d["images"] = r.images;
-  d["seconds"] = r.seconds;
-  return d;
-}
+};
 
 // Wraps the Python callback. A Ctrl-C (seen by PyErr_CheckSignals, or raised inside the callback)
 // stops the run between batches and is recorded in `interrupted`; any other exception from the
@@ -124,26 +61,6 @@ struct CallbackState {
   bool stopping() const { return interrupted || error.has_value(); }
 };
 
-// Epoch numbers count from 1 in Python, as on the screen and in history.json.
-py::dict epoch_dict(const engine::EpochRecord& r, bool segmentation) {
-  py::dict d;
-  d["epoch"] = r.epoch + 1;
-  d["lr"] = r.lr;
-  d["train_loss"] = r.train_loss;
-  if (!segmentation) d["train_acc"] = r.train_acc;
-  d["step_losses"] = r.step_losses;
-  d["nonfinite_losses"] = r.nonfinite_losses;
-  d["skipped"] = r.skipped.size();
-  d["images"] = r.images;
-  d["seconds"] = r.seconds;
-  d["images_per_second"] = r.images_per_second;
-  d["feature_cache"] = r.used_feature_cache;
-  if (r.has_val) d["val"] = eval_dict(r.val, segmentation);
-  d["best_metric"] = r.best_metric;
-  d["best_epoch"] = r.best_epoch + 1;
-  return d;
-}
-
 // Python's warnings, in the categories the data loader uses; a warning turned into an error by
 // a warnings filter stops the run at the next batch and is raised.
 engine::WarningFn warning_fn(CallbackState& state) {
@@ -160,11 +77,11 @@ engine::WarningFn warning_fn(CallbackState& state) {
   };
 }
 
-engine::EpochEndFn epoch_end_fn(py::object callback, bool segmentation, CallbackState& state) {
-  return [callback, segmentation, &state](const engine::EpochRecord& r) {
+engine::EpochEndFn epoch_end_fn(py::object callback, CallbackState& state) {
+  return [callback, &state](const engine::EpochRecord& r) {
     py::gil_scoped_acquire gil;
     try {
-      if (!callback.is_none()) callback(epoch_dict(r, segmentation));
+      if (!callback.is_none()) callback(r);
       return !state.stopping();
     } catch (py::error_already_set& e) {
       state.caught(e);
@@ -189,16 +106,7 @@ engine::ProgressFn progress_fn(py::object callback, CallbackState& state) {
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
       if (state.stopping()) return false;
       if (callback.is_none()) return true;
-      py::dict d;
-      d["training"] = p.training;
-      d["epoch"] = p.epoch + 1;
-      d["epochs"] = p.epochs;
-      d["batch"] = p.batch;
-      d["num_batches"] = p.num_batches;
-      d["images"] = p.images;
-      d["loss"] = p.loss;
-      d["accuracy"] = p.accuracy;
-      py::object keep_going = callback(d);
+      py::object keep_going = callback(p);
       return keep_going.is_none() || keep_going.cast<bool>();
     } catch (py::error_already_set& e) {
       state.caught(e);
@@ -212,42 +120,103 @@ engine::ProgressFn progress_fn(py::object callback, CallbackState& state) {
 void init_engine(py::module_& m) {
   auto e = m.def_submodule("engine", "torchtl::engine: train and evaluate loops, metrics");
 
+// One keyword argument per fit option (TORCHTL_FIT_OPTIONS): a parameter of the bound function,
+// its py::arg with the C++ default, and its copy into FitOptions.
+#define TORCHTL_OPTION_PARAMETER(T, name, default_value) , OptionArg<T>::type name
+#define TORCHTL_OPTION_PY_ARG(T, name, default_value) , py::arg(#name) = OptionArg<T>::to_python(FitOptions().name())
+#define TORCHTL_OPTION_SET(T, name, default_value) options.name(OptionArg<T>::to_cpp(name));
+#define TORCHTL_OPTION_DEFAULT(T, name, default_value) defaults[#name] = OptionArg<T>::to_python(FitOptions().name());
+
+  py::class_<engine::ParamGroup>(e, "ParamGroup", "One torch.optim parameter group, as fit's param_groups take it")
+      .def(py::init<>())
+      .def_readwrite("params", &engine::ParamGroup::params)
+      .def_readwrite("lr", &engine::ParamGroup::lr)
+      .def_readwrite("weight_decay", &engine::ParamGroup::weight_decay)
+      .def_readwrite("momentum", &engine::ParamGroup::momentum)
+      .def_readwrite("dampening", &engine::ParamGroup::dampening)
+      .def_readwrite("nesterov", &engine::ParamGroup::nesterov)
+      .def_readwrite("beta1", &engine::ParamGroup::beta1)
+      .def_readwrite("beta2", &engine::ParamGroup::beta2)
+      .def_readwrite("eps", &engine::ParamGroup::eps)
+      .def_readwrite("amsgrad", &engine::ParamGroup::amsgrad)
+      .def_readwrite("alpha", &engine::ParamGroup::alpha)
+      .def_readwrite("centered", &engine::ParamGroup::centered);
+
+  py::class_<engine::Progress>(e, "Progress", "Where a pass stands (epoch and batch count from 0)")
+      .def_readonly("training", &engine::Progress::training)
+      .def_readonly("epoch", &engine::Progress::epoch)
+      .def_readonly("epochs", &engine::Progress::epochs)
+      .def_readonly("batch", &engine::Progress::batch)
+      .def_readonly("num_batches", &engine::Progress::num_batches)
+      .def_readonly("images", &engine::Progress::images)
+      .def_readonly("loss", &engine::Progress::loss)
+      .def_readonly("accuracy", &engine::Progress::accuracy);
+  py::class_<engine::EvalResult>(e, "EvalResult")
+      .def_readonly("loss", &engine::EvalResult::loss)
+      .def_readonly("acc1", &engine::EvalResult::acc1)
+      .def_readonly("acc5", &engine::EvalResult::acc5)
+      .def_readonly("pixel_accuracy", &engine::EvalResult::pixel_accuracy)
+      .def_readonly("mean_iou", &engine::EvalResult::mean_iou)
+      .def_readonly("iou", &engine::EvalResult::iou)
+      .def_readonly("confusion", &engine::EvalResult::confusion)
+      .def_readonly("images", &engine::EvalResult::images)
+      .def_readonly("seconds", &engine::EvalResult::seconds)
+      .def_readonly("skipped", &engine::EvalResult::skipped);
+  py::class_<engine::EpochRecord>(e, "EpochRecord", "One epoch of fit (epoch counts from 0)")
+      .def_readonly("epoch", &engine::EpochRecord::epoch)
+      .def_readonly("lr", &engine::EpochRecord::lr)
+      .def_readonly("train_loss", &engine::EpochRecord::train_loss)
+      .def_readonly("train_acc", &engine::EpochRecord::train_acc)
+      .def_readonly("step_losses", &engine::EpochRecord::step_losses)
+      .def_readonly("nonfinite_losses", &engine::EpochRecord::nonfinite_losses)
+      .def_readonly("skipped", &engine::EpochRecord::skipped)
+      .def_readonly("images", &engine::EpochRecord::images)
+      .def_readonly("seconds", &engine::EpochRecord::seconds)
+      .def_readonly("images_per_second", &engine::EpochRecord::images_per_second)
+      .def_readonly("used_feature_cache", &engine::EpochRecord::used_feature_cache)
+      .def_readonly("has_val", &engine::EpochRecord::has_val)
+      .def_readonly("val", &engine::EpochRecord::val)
+      .def_readonly("best_metric", &engine::EpochRecord::best_metric)
+      .def_readonly("best_epoch", &engine::EpochRecord::best_epoch);
+  py::class_<engine::FitResult>(e, "FitResult")
+      .def_readonly("epochs", &engine::FitResult::epochs)
+      .def_readonly("interrupted", &engine::FitResult::interrupted)
+      .def_readonly("best_metric", &engine::FitResult::best_metric)
+      .def_readonly("best_epoch", &engine::FitResult::best_epoch);
+
+  py::dict defaults;
+  TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_DEFAULT)
+  e.attr("FIT_OPTIONS") = defaults;
+
   e.def(
       "fit",
       [](const std::shared_ptr<torch::nn::Module>& model, const py::object& train, const py::object& val,
-         const py::dict& options, py::object progress, py::object epoch_end) {
-        const auto o = fit_options(options);
-        const bool segmentation = o.task() == "segmentation";
+         py::object progress, py::object epoch_end TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_PARAMETER)) {
+        FitOptions options;
+        TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_SET)
         CallbackState state;
         auto fn = progress_fn(std::move(progress), state);
-        auto on_epoch = epoch_end_fn(std::move(epoch_end), segmentation, state);
+        auto on_epoch = epoch_end_fn(std::move(epoch_end), state);
         auto warn = warning_fn(state);
         auto train_source = batch_source(train);
         auto val_source = val.is_none() ? nullptr : batch_source(val);
         engine::FitResult result;
         {
           py::gil_scoped_release no_gil;
-          result = engine::fit(model, *train_source, val_source.get(), o, fn, on_epoch, warn);
+          result = engine::fit(model, *train_source, val_source.get(), options, fn, on_epoch, warn);
         }
         if (state.error) throw std::move(*state.error);
-        py::list epochs;
-        for (const auto& r : result.epochs) epochs.append(epoch_dict(r, segmentation));
-        py::dict out;
-        out["epochs"] = epochs;
-        out["interrupted"] = result.interrupted;
-        out["keyboard_interrupt"] = state.interrupted;
-        out["best_metric"] = result.best_metric;
-        out["best_epoch"] = result.best_epoch + 1;
-        return out;
+        return py::make_tuple(result, state.interrupted);
       },
-      py::arg("model"), py::arg("train"), py::arg("val"), py::arg("options"), py::arg("progress"),
-      py::arg("epoch_end"));
+      py::arg("model"), py::arg("train"), py::arg("val"), py::arg("progress"), py::arg("epoch_end"),
+      py::kw_only() TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_PY_ARG));
 
   e.def(
       "evaluate",
-      [](const std::shared_ptr<torch::nn::Module>& model, const py::object& loader, const py::dict& options,
-         py::object progress) {
-        const auto o = fit_options(options);
+      [](const std::shared_ptr<torch::nn::Module>& model, const py::object& loader,
+         py::object progress TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_PARAMETER)) {
+        FitOptions options;
+        TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_SET)
         CallbackState state;
         auto fn = progress_fn(std::move(progress), state);
         auto warn = warning_fn(state);
@@ -255,16 +224,21 @@ void init_engine(py::module_& m) {
         engine::EvalResult result;
         {
           py::gil_scoped_release no_gil;
-          result = engine::evaluate(model, *source, o, fn, warn);
+          result = engine::evaluate(model, *source, options, fn, warn);
         }
         if (state.error) throw std::move(*state.error);
         if (state.interrupted) {
           PyErr_SetNone(PyExc_KeyboardInterrupt);
           throw py::error_already_set();
         }
-        return eval_dict(result, o.task() == "segmentation");
+        return result;
       },
-      py::arg("model"), py::arg("loader"), py::arg("options"), py::arg("progress"));
+      py::arg("model"), py::arg("loader"), py::arg("progress"), py::kw_only() TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_PY_ARG));
+
+#undef TORCHTL_OPTION_PARAMETER
+#undef TORCHTL_OPTION_PY_ARG
+#undef TORCHTL_OPTION_SET
+#undef TORCHTL_OPTION_DEFAULT
 
   e.def("python_module", &python_module, py::arg("module"),
         "A C++ module that runs this torch.nn.Module's Python forward, over its own tensors");

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "bindings/bindings.h"
+#include "io/pretrained.h"
 #include "io/weights.h"
 #include "models/fast_path.h"
 #include "models/module_tree.h"
@@ -146,6 +147,19 @@ void init_io(py::module_& m) {
       },
       py::arg("module"), py::arg("weights"), py::arg("strict") = true);
   m.def("read_weights", &io::read_weights, py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def("strip_module_prefix", &io::strip_module_prefix, py::arg("weights"));
+  m.def("head_num_classes", &io::head_num_classes, py::arg("weights"), py::arg("key"));
+  m.def(
+      "load_pretrained",
+      [](Module& module, const NamedTensors& weights, const std::vector<std::string>& head_prefixes, bool strict) {
+        io::PretrainedResult result;
+        {
+          py::gil_scoped_release no_gil;
+          result = io::load_pretrained(module, weights, head_prefixes, strict);
+        }
+        return py::make_tuple(result.reinitialised, result.missing_keys, result.unexpected_keys);
+      },
+      py::arg("module"), py::arg("weights"), py::arg("head_prefixes"), py::arg("strict") = true);
   m.def("save_state_dict", &io::save_state_dict, py::arg("weights"), py::arg("path"),
         py::call_guard<py::gil_scoped_release>());
 }

@@ -38,15 +38,15 @@ MapDataset::MapDataset(const std::string& map_file, MapDatasetOptions options)
                                        .skip_bad_lines(options.skip_bad_lines()))),
       options_(std::move(options)) {}
 
-std::string MapDataset::describe(size_t index) const {
+std::string MapDataset::sample_name(size_t index) const {
   check_index(index, map_);
-  return data::describe(map_, map_.entries[index]);
+  return data::where_in_map_file(map_, map_.entries[index]);
 }
 
 torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
   check_index(index, map_);
   const auto& entry = map_.entries[index];
-  auto image = with_context(data::describe(map_, entry) + ", image '" + printable(entry.path) + "'", [&] {
+  auto image = with_context(data::where_in_map_file(map_, entry) + ", image '" + printable(entry.path) + "'", [&] {
     torch::NoGradGuard no_grad;
     auto decoded = decode_rgb(read_file(entry.path));
     if (!options_.transform()) return decoded;
@@ -64,17 +64,17 @@ SegmentationMapDataset::SegmentationMapDataset(const std::string& map_file, Segm
                     "num_classes must be positive (or -1: unchecked), got ", options_.num_classes());
 }
 
-std::string SegmentationMapDataset::describe(size_t index) const {
+std::string SegmentationMapDataset::sample_name(size_t index) const {
   check_index(index, map_);
   const auto& entry = map_.entries[index];
   // The mask is named too: an error found in a batch's targets (e.g. by fit) points at the file.
-  return data::describe(map_, entry) + " (mask '" + printable(entry.target) + "')";
+  return data::where_in_map_file(map_, entry) + " (mask '" + printable(entry.target) + "')";
 }
 
 torch::data::Example<> SegmentationMapDataset::load(size_t index, uint64_t epoch) const {
   check_index(index, map_);
   const auto& entry = map_.entries[index];
-  const auto where = data::describe(map_, entry);
+  const auto where = data::where_in_map_file(map_, entry);
   const auto image_path = printable(entry.path), mask_path = printable(entry.target);
   torch::NoGradGuard no_grad;
   auto image = with_context(where + ", image '" + image_path + "'", [&] { return decode_rgb(read_file(entry.path)); });

@@ -55,7 +55,7 @@ class MapDataset : public torch::data::datasets::Dataset<MapDataset> {
   const MapFile& map_file() const { return map_; }
   const MapDatasetOptions& options() const { return options_; }
   // "map file 'x', line N" for sample `index`: how loaders name a sample in their own errors.
-  std::string describe(size_t index) const;
+  std::string sample_name(size_t index) const;
 
  private:
   MapFile map_;
@@ -76,7 +76,7 @@ class SegmentationMapDataset : public torch::data::datasets::Dataset<Segmentatio
   uint64_t epoch() const { return epoch_; }
   const MapFile& map_file() const { return map_; }
   const SegmentationMapDatasetOptions& options() const { return options_; }
-  std::string describe(size_t index) const;
+  std::string sample_name(size_t index) const;
 
  private:
   MapFile map_;

@@ -76,9 +76,9 @@ std::vector<int64_t> sample_order(size_t dataset_size, const LoaderOptions& opti
   return shard;
 }
 
-LoaderEpoch::LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options, uint64_t epoch)
+LoaderEpoch::LoaderEpoch(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options, uint64_t epoch)
     : load_(std::move(load)),
-      describe_(std::move(describe)),
+      sample_name_(std::move(sample_name)),
       options_(std::move(options)),
       epoch_(epoch),
       num_batches_(count_batches(shard_length(dataset_size, options_), options_)),
@@ -195,12 +195,12 @@ Batch LoaderEpoch::collate(std::vector<std::vector<torch::Tensor>>& samples, std
   for (size_t f = 0; f < fields; ++f) {
     const auto& first = samples[0][f];
     for (size_t s = 1; s < samples.size(); ++s) {
-      TORCH_CHECK_VALUE(samples[s].size() == fields, describe_(batch.indices[s]), " gives ", samples[s].size(),
-                        " fields but ", describe_(batch.indices[0]), " gives ", fields);
+      TORCH_CHECK_VALUE(samples[s].size() == fields, sample_name_(batch.indices[s]), " gives ", samples[s].size(),
+                        " fields but ", sample_name_(batch.indices[0]), " gives ", fields);
       const auto& other = samples[s][f];
       TORCH_CHECK_VALUE(other.sizes() == first.sizes() && other.scalar_type() == first.scalar_type(),
-                        "cannot batch samples of different shapes: ", describe_(batch.indices[0]), " is ",
-                        shape_of(first), " but ", describe_(batch.indices[s]), " is ", shape_of(other),
+                        "cannot batch samples of different shapes: ", sample_name_(batch.indices[0]), " is ",
+                        shape_of(first), " but ", sample_name_(batch.indices[s]), " is ", shape_of(other),
                         "; use a transform with a fixed output size, or batch_size=1");
     }
     std::vector<int64_t> shape{static_cast<int64_t>(samples.size())};
@@ -258,8 +258,8 @@ std::optional<Batch> LoaderEpoch::next() {
   }
 }
 
-ThreadedLoader::ThreadedLoader(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options)
-    : load_(std::move(load)), describe_(std::move(describe)), dataset_size_(dataset_size), options_(std::move(options)) {
+ThreadedLoader::ThreadedLoader(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options)
+    : load_(std::move(load)), sample_name_(std::move(sample_name)), dataset_size_(dataset_size), options_(std::move(options)) {
   TORCH_CHECK_VALUE(options_.batch_size() > 0, "batch_size must be positive, got ", options_.batch_size());
   TORCH_CHECK_VALUE(options_.num_workers() >= 0 && options_.num_workers() <= kMaxLoaderWorkers,
                     "num_workers must be between 0 and ", kMaxLoaderWorkers, ", got ", options_.num_workers());
@@ -275,7 +275,7 @@ size_t ThreadedLoader::shard_size() const { return shard_length(dataset_size_, o
 size_t ThreadedLoader::num_batches() const { return count_batches(shard_size(), options_); }
 
 ThreadedLoader ThreadedLoader::with_options(LoaderOptions options) const {
-  return ThreadedLoader(load_, describe_, dataset_size_, std::move(options));
+  return ThreadedLoader(load_, sample_name_, dataset_size_, std::move(options));
 }
 
 std::vector<std::vector<int64_t>> ThreadedLoader::batch_indices(uint64_t epoch) const {
@@ -290,7 +290,7 @@ std::vector<std::vector<int64_t>> ThreadedLoader::batch_indices(uint64_t epoch) 
 }
 
 std::unique_ptr<LoaderEpoch> ThreadedLoader::epoch(uint64_t epoch) const {
-  return std::make_unique<LoaderEpoch>(load_, describe_, dataset_size_, options_, epoch);
+  return std::make_unique<LoaderEpoch>(load_, sample_name_, dataset_size_, options_, epoch);
 }
 
 }  // namespace torchtl::data

@@ -25,7 +25,7 @@ namespace torchtl::data {
 // Loads sample `index` for `epoch` as a list of tensors (e.g. image, label); must be thread-safe.
 using SampleFn = std::function<std::vector<torch::Tensor>(size_t index, uint64_t epoch)>;
 // Names sample `index` in collation errors ("map file 'x', line N").
-using DescribeFn = std::function<std::string(size_t index)>;
+using SampleNameFn = std::function<std::string(size_t index)>;
 
 // More loader threads than this are refused: each one holds a batch in memory, and past a few
 // thousand, thread creation itself fails.
@@ -71,7 +71,7 @@ struct Batch {
 // fork): next() there throws instead of waiting forever.
 class LoaderEpoch {
  public:
-  LoaderEpoch(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options, uint64_t epoch);
+  LoaderEpoch(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options, uint64_t epoch);
   ~LoaderEpoch();
   LoaderEpoch(const LoaderEpoch&) = delete;
   LoaderEpoch& operator=(const LoaderEpoch&) = delete;
@@ -96,7 +96,7 @@ class LoaderEpoch {
                 std::vector<std::string> skipped) const;
 
   SampleFn load_;
-  DescribeFn describe_;
+  SampleNameFn sample_name_;
   LoaderOptions options_;
   uint64_t epoch_;
   std::vector<int64_t> order_;
@@ -118,7 +118,7 @@ class LoaderEpoch {
 
 class ThreadedLoader {
  public:
-  ThreadedLoader(SampleFn load, DescribeFn describe, size_t dataset_size, LoaderOptions options);
+  ThreadedLoader(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options);
   size_t num_batches() const;
   size_t dataset_size() const { return dataset_size_; }
   // The samples this rank's epochs visit (dataset_size() unless sharded).
@@ -129,13 +129,13 @@ class ThreadedLoader {
   std::vector<std::vector<int64_t>> batch_indices(uint64_t epoch) const;
   const LoaderOptions& options() const { return options_; }
   // The dataset's description of sample `index` (its map file line, its files), for errors.
-  std::string describe(size_t index) const { return describe_(index); }
+  std::string sample_name(size_t index) const { return sample_name_(index); }
   // The same loader with other options (e.g. sharded), sharing the dataset.
   ThreadedLoader with_options(LoaderOptions options) const;
 
  private:
   SampleFn load_;
-  DescribeFn describe_;
+  SampleNameFn sample_name_;
   size_t dataset_size_;
   LoaderOptions options_;
 };

@@ -202,7 +202,7 @@ const std::vector<std::string>& image_extensions() {
   return extensions;
 }
 
-std::string describe(const MapFile& map, const MapEntry& entry) {
+std::string where_in_map_file(const MapFile& map, const MapEntry& entry) {
   return "map file '" + printable(map.path) + "', line " + std::to_string(entry.line);
 }
 
@@ -279,16 +279,14 @@ MapFile read_map_file(const std::string& path, const MapFileOptions& options) {
       }
       entry.label = value;
     }
-    if (options.check_files()) {
-      if (auto why = not_a_file(entry.path)) {
-        bad(number, "image '" + shown(entry.path) + "' " + *why, *why == kMissing);
+    if (auto why = not_a_file(entry.path)) {
+      bad(number, "image '" + shown(entry.path) + "' " + *why, *why == kMissing);
+      ok = false;
+    }
+    if (segmentation) {
+      if (auto why = not_a_file(entry.target)) {
+        bad(number, "mask '" + shown(entry.target) + "' " + *why, *why == kMissing);
         ok = false;
-      }
-      if (segmentation) {
-        if (auto why = not_a_file(entry.target)) {
-          bad(number, "mask '" + shown(entry.target) + "' " + *why, *why == kMissing);
-          ok = false;
-        }
       }
     }
     if (ok) map.entries.push_back(std::move(entry));

@@ -41,8 +41,6 @@ struct MapFileOptions {
   TORCH_ARG(MapKind, kind) = MapKind::Classification;
   // Labels must be < num_classes when it is positive.
   TORCH_ARG(int64_t, num_classes) = -1;
-  // Check at read time that every listed file exists.
-  TORCH_ARG(bool, check_files) = true;
   // Drop bad lines (returned in MapFile::skipped) instead of throwing.
   TORCH_ARG(bool, skip_bad_lines) = false;
 };
@@ -60,8 +58,8 @@ struct MapFile {
 // IsADirectoryError when `path` is a folder, ValueError for UTF-16/32 text.
 MapFile read_map_file(const std::string& path, const MapFileOptions& options = {});
 
-// "line N" prefix used by every error about an entry, so messages read the same everywhere.
-std::string describe(const MapFile& map, const MapEntry& entry);
+// "map file 'x', line N": the prefix of every error about an entry, so messages read the same everywhere.
+std::string where_in_map_file(const MapFile& map, const MapEntry& entry);
 
 // The extensions write_image_folder_map lists: ImageFolder's (torchvision.datasets.folder.IMG_EXTENSIONS).
 const std::vector<std::string>& image_extensions();

@@ -1,5 +1,6 @@
 #include "engine/amp.h"
 
+#include <ATen/Functions.h>
 #include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
 
@@ -33,6 +34,30 @@ AutocastScope::~AutocastScope() {
   at::autocast::set_autocast_enabled(device_, previous_enabled_);
   at::autocast::set_autocast_dtype(device_, previous_dtype_);
   if (!previous_enabled_) at::autocast::clear_cache();
+}
+
+GradScaler::GradScaler(bool enabled, c10::Device device) : enabled_(enabled) {
+  if (!enabled_) return;
+  scale_ = at::full({}, 65536.0, at::TensorOptions().dtype(at::kFloat).device(device));
+  growth_tracker_ = at::zeros({}, at::TensorOptions().dtype(at::kInt).device(device));
+  found_inf_ = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
+}
+
+at::Tensor GradScaler::scaled(const at::Tensor& loss) const { return enabled_ ? loss * scale_ : loss; }
+
+bool GradScaler::unscale(const std::vector<at::Tensor>& params) {
+  if (!enabled_) return true;
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  found_inf_.zero_();
+  at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf_, scale_.reciprocal());
+  return found_inf_.item<float>() == 0.0f;
+}
+
+void GradScaler::update() {
+  if (enabled_) at::_amp_update_scale_(scale_, growth_tracker_, found_inf_, 2.0, 0.5, 2000);
 }
 
 }  // namespace torchtl::engine

@@ -1,13 +1,16 @@
 #pragma once
 // Mixed precision for the C++ loops: the `amp` option ("off", "fp16", "bf16") resolved for a
-// device, and autocast around the forward pass, on the CPU (bf16 through oneDNN) as on CUDA.
+// device, autocast around the forward pass, on the CPU (bf16 through oneDNN) as on CUDA, and the
+// gradient scaling fp16 needs.
 // at::autocast state is per thread, like torch.autocast's: the scope covers the calling thread,
 // which is where the loops run their forward passes.
+#include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace torchtl::engine {
 
@@ -29,6 +32,22 @@ class AutocastScope {
   at::DeviceType device_;
   bool previous_enabled_ = false;
   at::ScalarType previous_dtype_ = at::kFloat;
+};
+
+// torch.amp.GradScaler's algorithm on ATen's own kernels (the C++ frontend has no GradScaler);
+// a no-op unless enabled.
+class GradScaler {
+ public:
+  GradScaler(bool enabled, c10::Device device);
+  // The loss to call backward() on: scaled when enabled.
+  at::Tensor scaled(const at::Tensor& loss) const;
+  // Unscales the gradients; false when they overflowed (the step is skipped, as GradScaler does).
+  bool unscale(const std::vector<at::Tensor>& params);
+  void update();
+
+ private:
+  bool enabled_;
+  at::Tensor scale_, growth_tracker_, found_inf_;
 };
 
 }  // namespace torchtl::engine

@@ -12,63 +12,10 @@
 #include "data/loader.h"
 #include "engine/batch_source.h"
 #include "engine/distributed.h"
-#include "engine/param_groups.h"
+#include "engine/options.h"
+#include "engine/progress.h"
 
 namespace torchtl::engine {
-
-struct FitOptions {
-  TORCH_ARG(std::string, task) = "classification";  // or "segmentation"
-  // "scratch" or "finetune" (all layers train, from the weights the model was built with) or
-  // "feature_extractor" (only the head trains; the rest runs frozen, in eval mode, without grad).
-  TORCH_ARG(std::string, mode) = "finetune";
-  TORCH_ARG(std::string, optimizer) = "sgd";  // "sgd", "adam" or "adamw" ("rmsprop" with param_groups)
-  // When not empty, the optimizer's groups as given (a torch.optim optimizer handed over from
-  // Python); lr, head_lr, momentum, nesterov and weight_decay then do not apply.
-  TORCH_ARG(std::vector<ParamGroup>, param_groups) = {};
-  TORCH_ARG(double, lr) = 0.01;
-  TORCH_ARG(double, head_lr) = -1.0;  // the head's parameter group; negative: lr
-  TORCH_ARG(double, momentum) = 0.9;
-  TORCH_ARG(bool, nesterov) = false;
-  TORCH_ARG(double, weight_decay) = 0.0;
-  TORCH_ARG(int64_t, epochs) = 1;
-  TORCH_ARG(std::string, lr_schedule) = "constant";  // "constant", "step", "cosine", "poly"
-  TORCH_ARG(int64_t, step_size) = 7;
-  TORCH_ARG(double, gamma) = 0.1;
-  TORCH_ARG(int64_t, warmup_epochs) = 0;
-  TORCH_ARG(double, clip_grad_norm) = 0.0;  // 0: off
-  TORCH_ARG(double, label_smoothing) = 0.0;
-  TORCH_ARG(torch::Tensor, class_weights) = {};  // the loss's per-class weights; undefined: none
-  // A non-finite loss skips its optimizer step and warns the first time; this many of them in a
-  // run stop it with an error (0: the first one does).
-  TORCH_ARG(int64_t, max_nonfinite_losses) = 10;
-  TORCH_ARG(double, aux_weight) = 0.5;
-  TORCH_ARG(int64_t, ignore_index) = 255;
-  TORCH_ARG(std::string, device) = "";  // empty: CUDA when available, else CPU
-  TORCH_ARG(std::string, amp) = "off";  // "off", "fp16", "bf16" (engine/amp.h)
-  // The fast path of models/fast_path.h (channels_last, folded batch norm in evaluation); false
-  // runs the loops in exact mode.
-  TORCH_ARG(bool, channels_last) = true;
-  // feature_extractor with a deterministic train transform: keep the frozen features of epoch 1
-  // and train the head on them afterwards.
-  TORCH_ARG(bool, cache_features) = false;
-  TORCH_ARG(std::string, checkpoint_dir) = "";  // best.pt (by validation metric) and last.pt
-  TORCH_ARG(std::string, resume) = "";          // a last.pt to continue from
-  TORCH_ARG(uint64_t, seed) = 0;
-  // Data-parallel training over this c10d group (see engine/distributed.h); null: one process.
-  TORCH_ARG(c10::intrusive_ptr<c10d::ProcessGroup>, process_group);
-  // torch.nn.SyncBatchNorm in training: each BatchNorm2d that trains normalises with the global
-  // batch's statistics over process_group (models/sync_batch_norm.h). In one process it changes
-  // nothing; a model with no BatchNorm2d that trains is an error.
-  TORCH_ARG(bool, sync_bn) = false;
-};
-
-struct Progress {
-  bool training = true;
-  int64_t epoch = 0, epochs = 0, batch = 0, num_batches = 0, images = 0;
-  double loss = 0.0, accuracy = 0.0;  // running means; accuracy is -1 when not measured
-};
-// Called between batches (throttled); returning false stops cleanly after the current batch.
-using ProgressFn = std::function<bool(const Progress&)>;
 
 struct EvalResult {
   double loss = 0.0;
@@ -100,10 +47,6 @@ struct EpochRecord {
 
 // Called after each complete epoch, once its checkpoints are written; false stops the run.
 using EpochEndFn = std::function<bool(const EpochRecord&)>;
-
-enum class Warning { SkippedSamples, NonFiniteLoss };
-// Where the loops' warnings go; without one they go to TORCH_WARN.
-using WarningFn = std::function<void(Warning, const std::string&)>;
 
 struct FitResult {
   std::vector<EpochRecord> epochs;

@@ -1,5 +1,6 @@
 #include "io/weights.h"
 
+#include "io/pretrained.h"
 #include "io/torch_save.h"
 #include "models/module_tree.h"
 
@@ -138,9 +139,9 @@ StateDict read_weights(const std::string& path) {
     StateDict out;
     for (const auto& p : archive.named_parameters(/*recurse=*/true)) out.emplace_back(p.name, p.value);
     for (const auto& b : archive.named_buffers(/*recurse=*/true)) out.emplace_back(b.name, b.value);
-    return out;
+    return strip_module_prefix(std::move(out));
   }
-  return from_pickled(read_torch_save(path), path);
+  return strip_module_prefix(from_pickled(read_torch_save(path), path));
 }
 
 LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool strict) {

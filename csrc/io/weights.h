@@ -29,6 +29,7 @@ LoadResult load_state_dict(torch::nn::Module& module, const StateDict& weights, 
 
 // Reads a traced/scripted archive or a torch.save'd state dict (a dict of tensors, or a
 // checkpoint dict holding one under "model" or "state_dict"), Python's or save_state_dict()'s.
+// DataParallel's "module." prefix is dropped (io/pretrained.h).
 StateDict read_weights(const std::string& path);
 
 // read_weights + load_state_dict.

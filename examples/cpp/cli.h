@@ -1,6 +1,7 @@
 #pragma once
 // What the example programs share: option parsing with usage errors (exit status 2) apart from
-// run-time errors (exit status 1), and the threaded loader over a map-file dataset.
+// run-time errors (exit status 1), the training programs' common options and the end of their
+// runs, and the threaded loader over a map-file dataset.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -18,6 +19,8 @@
 #include <vector>
 
 #include "data/loader.h"
+#include "engine/trainer.h"
+#include "io/weights.h"
 
 namespace torchtl::examples {
 
@@ -162,6 +165,79 @@ class Options {
   std::map<std::string, size_t> index_;
 };
 
+// The options both training programs take, as `torchtl train` names them; each program sets its
+// own defaults before declaring them.
+struct TrainArgs {
+  std::string train, val, weights, model, mode, device, out, opt = "sgd", lr_scheduler, resume, amp = "off";
+  int64_t num_classes = 0, epochs = 10, batch_size = 8, workers = 2, seed = 0, lr_warmup_epochs = 0, lr_step_size = 7;
+  double lr = 0.01, momentum = 0.9, weight_decay = 1e-4, lr_gamma = 0.1;
+};
+
+// The data and the class count; the help texts say what a line of the program's map files holds.
+inline void add_data_options(Options& options, TrainArgs& args, const std::string& train_help,
+                             const std::string& num_classes_help) {
+  options.text("--train", &args.train, train_help);
+  options.text("--val", &args.val, "validation map file, evaluated after every epoch");
+  options.integer("--num-classes,--classes", &args.num_classes, 1, num_classes_help, /*show_default=*/false);
+}
+
+// The optimizer and its learning-rate schedule.
+inline void add_optimizer_options(Options& options, TrainArgs& args) {
+  options.text("--opt,--optimizer", &args.opt, "optimizer", {"sgd", "sgd_nesterov", "adam", "adamw"});
+  options.real("--lr", &args.lr, 0, false, "learning rate");
+  options.real("--momentum", &args.momentum, 0, true, "SGD momentum");
+  options.real("--wd,--weight-decay", &args.weight_decay, 0, true, "weight decay");
+  options.text("--lr-scheduler,--lr-schedule", &args.lr_scheduler, "learning-rate schedule",
+               {"constant", "step", "cosine", "poly"});
+  options.integer("--lr-warmup-epochs", &args.lr_warmup_epochs, 0, "epochs of linear warm-up");
+  options.integer("--lr-step-size", &args.lr_step_size, 1, "--lr-scheduler step: epochs per decay");
+  options.real("--lr-gamma", &args.lr_gamma, 0, false, "--lr-scheduler step: decay factor");
+}
+
+// How long and where the run goes: epochs, loader threads, device, precision, resuming.
+inline void add_run_options(Options& options, TrainArgs& args) {
+  options.integer("--epochs", &args.epochs, 1, "epochs to train");
+  options.integer("-j,--workers", &args.workers, 0, "loader threads");
+  options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
+  options.text("--amp", &args.amp,
+               "mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA)", {"off", "fp16", "bf16"});
+  options.text("--resume", &args.resume, "last.pt of a run to continue (its folder is the default --output-dir)");
+}
+
+// fit()'s options from the shared ones; the program adds those of its task.
+inline engine::FitOptions fit_options(const TrainArgs& args, const std::string& task, const torch::Device& device) {
+  return engine::FitOptions()
+      .task(task)
+      .mode(args.mode)
+      .optimizer(args.opt == "sgd_nesterov" ? "sgd" : args.opt)
+      .nesterov(args.opt == "sgd_nesterov")
+      .lr(args.lr)
+      .momentum(args.momentum)
+      .weight_decay(args.weight_decay)
+      .lr_schedule(args.lr_scheduler)
+      .warmup_epochs(args.lr_warmup_epochs)
+      .step_size(args.lr_step_size)
+      .gamma(args.lr_gamma)
+      .epochs(args.epochs)
+      .device(device.str())
+      .amp(args.amp)
+      .checkpoint_dir(args.out)
+      .resume(args.resume)
+      .seed(static_cast<uint64_t>(args.seed));
+}
+
+// The end of a run: names the best epoch by `metric` and the files saved, then evaluates best.pt
+// again on the validation data.
+inline engine::EvalResult evaluate_best(const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& val,
+                                        const engine::FitOptions& options, const engine::FitResult& result,
+                                        const std::string& metric) {
+  const auto best = options.checkpoint_dir() + "/best.pt";
+  std::cout << "best validation " << metric << " " << result.best_metric << " after epoch " << result.best_epoch + 1
+            << "; saved " << best << " and " << options.checkpoint_dir() << "/last.pt\n";
+  io::load_weights(*model, best);
+  return engine::evaluate(model, val, options);
+}
+
 // `torchtl train`'s default run folder: the resumed run's, else runs/<task>_<model>.
 inline std::string default_output_dir(const std::string& task, const std::string& model, const std::string& resume) {
   if (!resume.empty()) {
@@ -181,6 +257,20 @@ inline void check_output_dir(const std::string& out, const std::string& resume) 
                        out + "/last.pt");
     }
   }
+}
+
+// The checks both training programs make once the options are parsed: the data given, --mode's
+// default (finetune with --weights, else scratch) and the run folder. `num_classes_hint` follows
+// the message of a missing --num-classes.
+inline void check_train_args(TrainArgs& args, const std::string& task, const std::string& num_classes_hint) {
+  if (args.train.empty() || args.val.empty()) throw UsageError("--train and --val are required");
+  if (args.num_classes == 0) throw UsageError("--num-classes is required" + num_classes_hint);
+  if (args.mode.empty()) args.mode = args.weights.empty() ? "scratch" : "finetune";
+  if (args.mode == "scratch" && !args.weights.empty()) {
+    throw UsageError("--mode scratch starts from random weights; drop --weights or choose finetune");
+  }
+  if (args.out.empty()) args.out = default_output_dir(task, args.model, args.resume);
+  check_output_dir(args.out, args.resume);
 }
 
 // Runs a program: usage errors exit 2 with the usage text, run-time errors exit 1 with their
@@ -213,7 +303,7 @@ data::ThreadedLoader make_loader(std::shared_ptr<Dataset> dataset, const data::L
         auto example = dataset->load(index, epoch);
         return std::vector<torch::Tensor>{example.data, example.target};
       },
-      [dataset](size_t index) { return dataset->describe(index); }, size, options);
+      [dataset](size_t index) { return dataset->sample_name(index); }, size, options);
 }
 
 inline int64_t count_parameters(const torch::nn::Module& module, bool trainable_only) {

@@ -17,8 +17,8 @@
 #include "cli.h"
 #include "data/datasets.h"
 #include "engine/trainer.h"
+#include "io/pretrained.h"
 #include "io/weights.h"
-#include "models/module_tree.h"
 #include "models/segmentation.h"
 
 namespace data = torchtl::data;
@@ -29,13 +29,15 @@ namespace models = torchtl::models;
 
 namespace {
 
-struct Args {
-  std::string train, val, weights, model = "fcn_resnet50", aux, mode, device, out, opt = "sgd", lr_scheduler = "poly",
-                                   resume, amp = "off";
-  int64_t num_classes = 0, epochs = 10, batch_size = 4, base_size = 520, crop_size = 480, workers = 2, seed = 0,
-          lr_warmup_epochs = 0, lr_step_size = 7;
-  double lr = 0.01, momentum = 0.9, weight_decay = 1e-4, lr_gamma = 0.1;
+struct Args : examples::TrainArgs {
+  std::string aux;
+  int64_t base_size = 520, crop_size = 480;
   bool aux_loss = false;
+  Args() {
+    model = "fcn_resnet50";
+    lr_scheduler = "poly";
+    batch_size = 4;
+  }
 };
 
 std::shared_ptr<models::SegmentationModelImpl> build(const Args& args, int64_t classes, bool aux) {
@@ -46,22 +48,6 @@ std::shared_ptr<models::SegmentationModelImpl> build(const Args& args, int64_t c
 }
 
 bool starts_with(const std::string& text, const std::string& prefix) { return text.rfind(prefix, 0) == 0; }
-
-// Rows of a head's last convolution in the weights (its class count), or 0 when absent.
-int64_t classes_of(const io::StateDict& weights, const std::string& head) {
-  for (const auto& [name, tensor] : weights) {
-    if (name == head + ".4.weight" && tensor.dim() == 4) return tensor.size(0);
-  }
-  return 0;
-}
-
-// A fresh last convolution (torch.nn's default initialisation) for `classes`, in head `name`.
-void replace_last_conv(models::SegmentationModelImpl& model, const std::string& name, int64_t classes) {
-  auto head = model.named_children()[name];
-  auto old = head->named_children()["4"];
-  const auto in_channels = old->named_parameters(false)["weight"].size(1);
-  models::replace_child(*head, "4", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, classes, 1)).ptr());
-}
 
 std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) {
   if (args.weights.empty()) {
@@ -90,31 +76,27 @@ std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) 
     return model;
   }
 
-  const int64_t saved_classes = classes_of(weights, "classifier");
-  TORCH_CHECK_VALUE(saved_classes > 0, "'", args.weights, "' has no classifier.4.weight: not an FCN/DeepLabV3 model");
-  const bool saved_aux = classes_of(weights, "aux_classifier") > 0;
-  auto model = build(args, saved_classes, aux && saved_aux);
+  const auto saved_classes = io::head_num_classes(weights, "classifier.4.weight");
+  TORCH_CHECK_VALUE(saved_classes, "'", args.weights, "' has no classifier.4.weight: not an FCN/DeepLabV3 model");
+  const bool saved_aux = io::head_num_classes(weights, "aux_classifier.4.weight").has_value();
   if (!aux) {
     weights.erase(std::remove_if(weights.begin(), weights.end(),
                                  [](const auto& w) { return starts_with(w.first, "aux_classifier."); }),
                   weights.end());
   }
-  io::load_state_dict(*model, weights);
-  std::cout << args.model << " from " << args.weights << " (" << weights.size() << " tensors, " << saved_classes
+  auto model = build(args, args.num_classes, aux);
+  // Heads of another class count keep their fresh last layer; so does an aux head the weights lack.
+  const auto result =
+      io::load_pretrained(*model, weights, {"classifier.", "aux_classifier."}, /*strict=*/!aux || saved_aux);
+  for (const auto& key : result.missing_keys) {
+    TORCH_CHECK_VALUE(starts_with(key, "aux_classifier."), "'", args.weights, "' lacks ", key, " of ", args.model);
+  }
+  TORCH_CHECK_VALUE(result.unexpected_keys.empty(), "'", args.weights, "' holds ", result.unexpected_keys.front(),
+                    ", which ", args.model, " lacks");
+  std::cout << args.model << " from " << args.weights << " (" << weights.size() << " tensors, " << *saved_classes
             << " classes)";
-  if (saved_classes != args.num_classes) {
-    replace_last_conv(*model, "classifier", args.num_classes);
-    if (aux && saved_aux) replace_last_conv(*model, "aux_classifier", args.num_classes);
-    std::cout << "; new last layer of the heads for " << args.num_classes << " classes";
-  }
-  if (aux && !saved_aux) {
-    // The aux head the weights lack: a model with it, holding everything else as loaded.
-    auto with_aux = build(args, args.num_classes, true);
-    const auto result = io::load_state_dict(*with_aux, io::state_dict(*model), /*strict=*/false);
-    TORCH_CHECK(result.unexpected_keys.empty(), "internal: unexpected keys moving to a model with an aux head");
-    model = with_aux;
-    std::cout << "; aux head from random initialisation";
-  }
+  if (!result.reinitialised.empty()) std::cout << "; new last layer of the heads for " << args.num_classes << " classes";
+  if (aux && !saved_aux) std::cout << "; aux head from random initialisation";
   std::cout << "\n";
   return model;
 }
@@ -137,26 +119,7 @@ int run(const Args& args) {
       examples::make_loader(train_set, data::LoaderOptions(loader_options).batch_size(args.batch_size).shuffle(true));
   const auto val = examples::make_loader(val_set, data::LoaderOptions(loader_options).batch_size(1));
 
-  const auto options = engine::FitOptions()
-                           .task("segmentation")
-                           .mode(args.mode)
-                           .optimizer(args.opt == "sgd_nesterov" ? "sgd" : args.opt)
-                           .nesterov(args.opt == "sgd_nesterov")
-                           .lr(args.lr)
-                           .momentum(args.momentum)
-                           .weight_decay(args.weight_decay)
-                           .lr_schedule(args.lr_scheduler)
-                           .warmup_epochs(args.lr_warmup_epochs)
-                           .step_size(args.lr_step_size)
-                           .gamma(args.lr_gamma)
-                           .aux_weight(0.5)
-                           .ignore_index(255)
-                           .epochs(args.epochs)
-                           .device(device.str())
-                           .amp(args.amp)
-                           .checkpoint_dir(args.out)
-                           .resume(args.resume)
-                           .seed(static_cast<uint64_t>(args.seed));
+  const auto options = examples::fit_options(args, "segmentation", device).aux_weight(0.5).ignore_index(255);
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "
             << val_set->map_file().entries.size() << " validation images, crop " << args.crop_size << " px, batch "
             << args.batch_size << ", lr " << args.lr << " (" << args.lr_scheduler << "), on " << device << "\n"
@@ -180,11 +143,7 @@ int run(const Args& args) {
               << epoch.val.pixel_accuracy << "  mean IoU " << epoch.val.mean_iou << "\n";
   }
 
-  const auto best = args.out + "/best.pt";
-  std::cout << "best validation mean IoU " << result.best_metric << " after epoch " << result.best_epoch + 1
-            << "; saved " << best << " and " << args.out << "/last.pt\n";
-  io::load_weights(*model, best);
-  const auto final_eval = engine::evaluate(model, val, options);
+  const auto final_eval = examples::evaluate_best(model, val, options, result, "mean IoU");
   std::cout << "best.pt on " << args.val << ": loss " << final_eval.loss << "  pixel acc " << final_eval.pixel_accuracy
             << "  mean IoU " << final_eval.mean_iou << "\nIoU per class:";
   for (size_t c = 0; c < final_eval.iou.size(); ++c) std::cout << " " << c << ":" << final_eval.iou[c];
@@ -200,12 +159,10 @@ int main(int argc, char** argv) {
   examples::Options options(
       "segmentation --train MAP --val MAP --num-classes N [--model NAME] [--weights PATH] [options]",
       "Trains FCN or DeepLabV3 as torchvision's references/segmentation: SGD, poly decay, aux loss 0.5, 255 ignored.");
-  options.text("--train", &args.train,
-               "training map file, one `image<TAB>mask` a line (paths relative to it); masks are palette or gray "
-               "PNGs of class indices, 255 = ignore");
-  options.text("--val", &args.val, "validation map file, evaluated after every epoch");
-  options.integer("--num-classes,--classes", &args.num_classes, 1, "number of classes, 21 for PASCAL VOC (required)",
-                  /*show_default=*/false);
+  examples::add_data_options(options, args,
+                             "training map file, one `image<TAB>mask` a line (paths relative to it); masks are "
+                             "palette or gray PNGs of class indices, 255 = ignore",
+                             "number of classes, 21 for PASCAL VOC (required)");
   options.text("--model,--arch", &args.model, "model",
                {"deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"});
   options.text("--weights", &args.weights,
@@ -217,46 +174,26 @@ int main(int argc, char** argv) {
                "finetune, feature_extractor (only the heads train; needs --weights) or scratch (no --weights) "
                "(default: finetune with --weights, else scratch)",
                {"scratch", "finetune", "feature_extractor"});
-  options.text("--opt,--optimizer", &args.opt, "optimizer", {"sgd", "sgd_nesterov", "adam", "adamw"});
-  options.real("--lr", &args.lr, 0, false, "learning rate");
-  options.real("--momentum", &args.momentum, 0, true, "SGD momentum");
-  options.real("--wd,--weight-decay", &args.weight_decay, 0, true, "weight decay");
-  options.text("--lr-scheduler,--lr-schedule", &args.lr_scheduler, "learning-rate schedule",
-               {"constant", "step", "cosine", "poly"});
-  options.integer("--lr-warmup-epochs", &args.lr_warmup_epochs, 0, "epochs of linear warm-up");
-  options.integer("--lr-step-size", &args.lr_step_size, 1, "--lr-scheduler step: epochs per decay");
-  options.real("--lr-gamma", &args.lr_gamma, 0, false, "--lr-scheduler step: decay factor");
+  examples::add_optimizer_options(options, args);
   options.integer("--base-size", &args.base_size, 16,
                   "shorter side of the evaluation images; training scales it by 0.5x to 2x");
   options.integer("--crop-size", &args.crop_size, 16, "training crop");
-  options.integer("--epochs", &args.epochs, 1, "epochs to train");
   options.integer("-b,--batch-size", &args.batch_size, 1,
                   "images per training batch (validation runs one image at a time: sizes differ)");
-  options.integer("-j,--workers", &args.workers, 0, "loader threads");
   options.integer("--seed", &args.seed, 0, "fixes sampling order, augmentation and initialisation");
-  options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
-  options.text("--amp", &args.amp,
-               "mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA)", {"off", "fp16", "bf16"});
-  options.text("--resume", &args.resume, "last.pt of a run to continue (its folder is the default --output-dir)");
+  examples::add_run_options(options, args);
   options.text("--output-dir,--out", &args.out,
                "folder for best.pt (best validation mean IoU) and last.pt "
                "(default: runs/segmentation_<model>; an earlier run there is never overwritten)");
   const auto check = [&] {
-    if (args.train.empty() || args.val.empty()) throw examples::UsageError("--train and --val are required");
-    if (args.num_classes == 0) throw examples::UsageError("--num-classes is required (21 for PASCAL VOC)");
     if (!args.aux.empty()) {
       if (args.aux_loss && args.aux == "off") throw examples::UsageError("--aux-loss and --aux off contradict");
       args.aux_loss = args.aux == "on";
     }
-    if (args.mode.empty()) args.mode = args.weights.empty() ? "scratch" : "finetune";
-    if (args.mode == "scratch" && !args.weights.empty()) {
-      throw examples::UsageError("--mode scratch starts from random weights; drop --weights or choose finetune");
-    }
     if (args.mode == "feature_extractor" && args.weights.empty()) {
       throw examples::UsageError("--mode feature_extractor needs --weights: a random backbone extracts nothing");
     }
-    if (args.out.empty()) args.out = examples::default_output_dir("segmentation", args.model, args.resume);
-    examples::check_output_dir(args.out, args.resume);
+    examples::check_train_args(args, "segmentation", " (21 for PASCAL VOC)");
   };
   return examples::main_of("segmentation", options, argc, argv, check, [&] { return run(args); });
 }

@@ -17,6 +17,7 @@
 #include "cli.h"
 #include "data/datasets.h"
 #include "engine/trainer.h"
+#include "io/pretrained.h"
 #include "io/weights.h"
 #include "models/resnet.h"
 
@@ -28,21 +29,14 @@ namespace models = torchtl::models;
 
 namespace {
 
-struct Args {
-  std::string train, val, weights, model = "resnet18", mode, device, out, opt = "sgd", lr_scheduler = "cosine", resume,
-      amp = "off";
-  int64_t num_classes = 0, epochs = 10, batch_size = 8, size = 224, workers = 2, seed = 0, lr_warmup_epochs = 0,
-          lr_step_size = 7;
-  double lr = 0.01, momentum = 0.9, weight_decay = 1e-4, label_smoothing = 0.0, lr_gamma = 0.1;
-};
-
-// The head's width as saved: the pretrained model is rebuilt as it was before its head is replaced.
-int64_t classes_in(const io::StateDict& weights, const std::string& path) {
-  for (const auto& [name, tensor] : weights) {
-    if (name == "fc.weight" && tensor.dim() == 2) return tensor.size(0);
+struct Args : examples::TrainArgs {
+  int64_t size = 224;
+  double label_smoothing = 0.0;
+  Args() {
+    model = "resnet18";
+    lr_scheduler = "cosine";
   }
-  TORCH_CHECK_VALUE(false, "'", path, "' has no fc.weight: not the weights of a ResNet classifier");
-}
+};
 
 double mb(int64_t n) { return static_cast<double>(n) / 1e6; }
 
@@ -56,7 +50,10 @@ int run(const Args& args) {
     std::cout << args.model << " from random initialisation, " << args.num_classes << " classes\n";
   } else {
     const auto weights = io::read_weights(args.weights);
-    const int64_t pretrained = classes_in(weights, args.weights);
+    // The head's width as saved: the pretrained model is rebuilt as it was before its head is replaced.
+    const auto saved_classes = io::head_num_classes(weights, "fc.weight");
+    TORCH_CHECK_VALUE(saved_classes, "'", args.weights, "' has no fc.weight: not the weights of a ResNet classifier");
+    const int64_t pretrained = *saved_classes;
     model = models::ResNet(models::resnet_options(args.model).num_classes(pretrained));
     io::load_state_dict(*model, weights);
     // A new head even when the class counts agree: the old one scores the old classes.
@@ -79,25 +76,8 @@ int run(const Args& args) {
   const auto train = examples::make_loader(train_set, data::LoaderOptions(loader_options).shuffle(true));
   const auto val = examples::make_loader(val_set, loader_options);
 
-  const auto options = engine::FitOptions()
-                           .task("classification")
-                           .mode(args.mode)
-                           .optimizer(args.opt == "sgd_nesterov" ? "sgd" : args.opt)
-                           .nesterov(args.opt == "sgd_nesterov")
-                           .lr(args.lr)
-                           .momentum(args.momentum)
-                           .weight_decay(args.weight_decay)
-                           .label_smoothing(args.label_smoothing)
-                           .lr_schedule(args.lr_scheduler)
-                           .warmup_epochs(args.lr_warmup_epochs)
-                           .step_size(args.lr_step_size)
-                           .gamma(args.lr_gamma)
-                           .epochs(args.epochs)
-                           .device(device.str())
-                           .amp(args.amp)
-                           .checkpoint_dir(args.out)
-                           .resume(args.resume)
-                           .seed(static_cast<uint64_t>(args.seed));
+  const auto options =
+      examples::fit_options(args, "classification", device).label_smoothing(args.label_smoothing);
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "
             << val_set->map_file().entries.size() << " validation images, " << args.size << " px, batch "
             << args.batch_size << ", lr " << args.lr << ", on " << device << "\n"
@@ -127,11 +107,7 @@ int run(const Args& args) {
   };
   const auto result = engine::fit(model.ptr(), train, &val, options, progress);
 
-  const auto best = args.out + "/best.pt";
-  std::cout << "best validation accuracy " << result.best_metric << " after epoch " << result.best_epoch + 1
-            << "; saved " << best << " and " << args.out << "/last.pt\n";
-  io::load_weights(*model, best);
-  const auto final_eval = engine::evaluate(model.ptr(), val, options);
+  const auto final_eval = examples::evaluate_best(model.ptr(), val, options, result, "accuracy");
   std::cout << "best.pt on " << args.val << ": loss " << final_eval.loss << "  acc@1 " << final_eval.acc1;
   if (args.num_classes > 5) std::cout << "  acc@5 " << final_eval.acc5;
   std::cout << "  (" << final_eval.images << " images)\nconfusion matrix (rows: true class):\n"
@@ -147,10 +123,9 @@ int main(int argc, char** argv) {
   examples::Options options(
       "transfer_learning --train MAP --val MAP --num-classes N [--weights PATH] [options]",
       "Fine-tunes a ResNet (every layer), trains a new head on its frozen features, or trains it from scratch.");
-  options.text("--train", &args.train, "training map file, one `image<TAB>class index` a line (paths relative to it)");
-  options.text("--val", &args.val, "validation map file, evaluated after every epoch");
-  options.integer("--num-classes,--classes", &args.num_classes, 1, "number of classes of the new head (required)",
-                  /*show_default=*/false);
+  examples::add_data_options(options, args,
+                             "training map file, one `image<TAB>class index` a line (paths relative to it)",
+                             "number of classes of the new head (required)");
   options.text("--weights", &args.weights,
                "the pretrained model: a traced/scripted archive (torch.jit.save) or a torch.save'd state dict");
   options.text("--model,--arch", &args.model, "resnet18, resnet34, resnet50, resnet101, resnet152, resnext*, wide_resnet*");
@@ -158,41 +133,21 @@ int main(int argc, char** argv) {
                "finetune: every layer trains; feature_extractor: only the new head; scratch: random initialisation, "
                "no --weights (default: finetune with --weights, else scratch)",
                {"scratch", "finetune", "feature_extractor"});
-  options.text("--opt,--optimizer", &args.opt, "optimizer", {"sgd", "sgd_nesterov", "adam", "adamw"});
-  options.real("--lr", &args.lr, 0, false, "learning rate");
-  options.real("--momentum", &args.momentum, 0, true, "SGD momentum");
-  options.real("--wd,--weight-decay", &args.weight_decay, 0, true, "weight decay");
+  examples::add_optimizer_options(options, args);
   options.real("--label-smoothing", &args.label_smoothing, 0, true, "label smoothing of the cross-entropy loss");
-  options.text("--lr-scheduler,--lr-schedule", &args.lr_scheduler, "learning-rate schedule",
-               {"constant", "step", "cosine", "poly"});
-  options.integer("--lr-warmup-epochs", &args.lr_warmup_epochs, 0, "epochs of linear warm-up");
-  options.integer("--lr-step-size", &args.lr_step_size, 1, "--lr-scheduler step: epochs per decay");
-  options.real("--lr-gamma", &args.lr_gamma, 0, false, "--lr-scheduler step: decay factor");
   options.integer("--size", &args.size, 16, "training crop and evaluation size (evaluation resizes to size*256/224 first)");
-  options.integer("--epochs", &args.epochs, 1, "epochs to train");
   options.integer("-b,--batch-size", &args.batch_size, 1, "images per training batch");
-  options.integer("-j,--workers", &args.workers, 0, "loader threads");
   options.integer("--seed", &args.seed, 0, "fixes sampling order, augmentation and the new head");
-  options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
-  options.text("--amp", &args.amp,
-               "mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA)", {"off", "fp16", "bf16"});
-  options.text("--resume", &args.resume, "last.pt of a run to continue (its folder is the default --output-dir)");
+  examples::add_run_options(options, args);
   options.text("--output-dir,--out", &args.out,
                "folder for best.pt (best validation accuracy, a state dict torchvision loads) and last.pt "
                "(default: runs/classification_<model>; an earlier run there is never overwritten)");
   const auto check = [&] {
-    if (args.train.empty() || args.val.empty()) throw examples::UsageError("--train and --val are required");
-    if (args.num_classes == 0) throw examples::UsageError("--num-classes is required");
     if (args.label_smoothing >= 1) throw examples::UsageError("--label-smoothing expects a number < 1");
-    if (args.mode.empty()) args.mode = args.weights.empty() ? "scratch" : "finetune";
-    if (args.mode == "scratch" && !args.weights.empty()) {
-      throw examples::UsageError("--mode scratch starts from random weights; drop --weights or choose finetune");
-    }
-    if (args.mode != "scratch" && args.weights.empty()) {
+    if (!args.mode.empty() && args.mode != "scratch" && args.weights.empty()) {
       throw examples::UsageError("--weights is required with --mode " + args.mode);
     }
-    if (args.out.empty()) args.out = examples::default_output_dir("classification", args.model, args.resume);
-    examples::check_output_dir(args.out, args.resume);
+    examples::check_train_args(args, "classification", "");
   };
   return examples::main_of("transfer_learning", options, argc, argv, check, [&] { return run(args); });
 }

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from torchtl import cli
+from torchtl.tools import cli
 
 MIRRORS = {"transfer_learning": ("train", "classification"), "segmentation": ("train", "segmentation"),
            "resnet_inference": ("predict",)}

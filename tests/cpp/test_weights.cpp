@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "harness.h"
+#include "io/pretrained.h"
 #include "io/weights.h"
 #include "models/resnet.h"
 
@@ -66,6 +67,35 @@ TORCHTL_TEST(read_weights_keeps_state_dict_order) {
   io::save_weights(*model, path);
   const auto read = io::read_weights(path);
   EXPECT(same_weights(read, io::state_dict(*model))) << "read back " << read.size() << " entries";
+}
+
+// A checkpoint written from DistributedDataParallel prefixes every key with "module.", which
+// read_weights drops, as Python's torchtl.load_weights does.
+TORCHTL_TEST(read_weights_drops_data_parallel_prefix) {
+  auto model = resnet("resnet18", 0);
+  io::StateDict prefixed;
+  for (const auto& [name, tensor] : io::state_dict(*model)) prefixed.emplace_back("module." + name, tensor);
+  const auto path = scratch_path("resnet18_ddp.pt");
+  io::save_state_dict(prefixed, path);
+  EXPECT(same_weights(io::read_weights(path), io::state_dict(*model)));
+  auto target = resnet("resnet18", 1);
+  io::load_weights(*target, path);
+  EXPECT(same_weights(io::state_dict(*target), io::state_dict(*model)));
+}
+
+// Another class count: the head keeps its fresh initialisation, everything else loads.
+TORCHTL_TEST(load_pretrained_reinitialises_a_head_of_another_class_count) {
+  auto source = resnet("resnet18", 0);
+  const auto weights = io::state_dict(*source);
+  EXPECT(io::head_num_classes(weights, "fc.weight") == 1000);
+  EXPECT(!io::head_num_classes(weights, "classifier.4.weight").has_value());
+  torch::manual_seed(1);
+  models::ResNet target(models::resnet_options("resnet18").num_classes(3));
+  const auto fresh_fc = target->fc->weight.clone();
+  const auto result = io::load_pretrained(*target, weights, {"fc."});
+  EXPECT(result.reinitialised == std::vector<std::string>({"fc.weight", "fc.bias"}));
+  EXPECT(torch::equal(target->fc->weight, fresh_fc));
+  EXPECT(torch::equal(target->conv1->weight, source->conv1->weight));
 }
 
 TORCHTL_TEST(mismatch_error_names_every_bad_key) {

@@ -97,14 +97,6 @@ def segmentation_loaders(train_map, val_map, *, size=64, crop_size=None, batch_s
     return train, val
 
 
-def _num_classes(map_file) -> int:
-    """The classes file's length, else the largest label + 1; the C++ reader checks every line."""
-    classes = data.find_classes_file(map_file)
-    if classes is not None:
-        return len(data.read_classes(classes))
-    return max(label for _, label in data.MapDataset(map_file).samples) + 1
-
-
 def _run_pair(build, loaders, fit_kwargs, progress, log, label):
     """Builds the start model once, clones it into its torchvision twin, trains both."""
     model = build()
@@ -222,8 +214,8 @@ def compare_classification(train, val, out_dir, *, weights=None, arch="resnet18"
         raise ValueError(f"unknown arch '{arch}'")
     train_map = resolve_map(train, out_dir, "train")
     val_map = resolve_map(val, out_dir, "val")
-    num_classes = _num_classes(train_map)  # every line checked before the report folder is made
-    _num_classes(val_map)
+    num_classes = data.count_classes(train_map)  # every line checked before the report folder is made
+    data.count_classes(val_map)
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     for scenario in scenarios:

@@ -235,7 +235,8 @@ def cmd_train(args):
     import torch
 
     import torchtl
-    from torchtl import compare, data
+    from torchtl import data
+    from torchtl.tools import compare
 
     task = args.task
     segmentation = task == "segmentation"
@@ -291,7 +292,7 @@ def cmd_train(args):
         warnings.simplefilter("ignore")
         if not segmentation:
             # The C++ reader checks every line here (and names the file and line at fault).
-            num_classes = args.num_classes if args.num_classes is not None else compare._num_classes(train_map)
+            num_classes = args.num_classes if args.num_classes is not None else data.count_classes(train_map)
             classes_file = data.find_classes_file(train_map)
             classes = data.read_classes(classes_file) if classes_file is not None else None
             train, val = compare.classification_loaders(train_map, val_map or train_map, size=size,
@@ -335,7 +336,8 @@ def _test_only(args, task, device, val_path, size):
     import warnings
 
     import torchtl
-    from torchtl import compare
+    from torchtl import data
+    from torchtl.tools import compare
 
     with tempfile.TemporaryDirectory() as scratch:  # a folder given as --val is listed here
         val_map = compare.resolve_map(val_path, scratch, "val")
@@ -343,7 +345,7 @@ def _test_only(args, task, device, val_path, size):
             warnings.simplefilter("ignore")
             weights = args.resume or args.weights
             if task == "classification":
-                num_classes = args.num_classes if args.num_classes is not None else compare._num_classes(val_map)
+                num_classes = args.num_classes if args.num_classes is not None else data.count_classes(val_map)
                 _, val = compare.classification_loaders(val_map, val_map, size=size, batch_size=args.batch_size,
                                                         workers=args.workers)
                 model = _builder(args.model)(num_classes=num_classes, weights=weights)
@@ -389,7 +391,7 @@ def _load_model(checkpoint, config):
 
 def cmd_evaluate(args):
     import torchtl
-    from torchtl import compare
+    from torchtl.tools import compare
 
     config = _load_config(args.checkpoint, args)
     if args.task and args.task != config["task"]:
@@ -441,7 +443,8 @@ def cmd_predict(args):
     from torchvision.io import write_png
     from torchvision.transforms.v2 import functional as TF
 
-    from torchtl import compare, data
+    from torchtl import data
+    from torchtl.tools import compare
 
     config = _load_config(args.checkpoint, args)
     device = _device(args.device)
@@ -492,7 +495,7 @@ def cmd_predict(args):
 
 
 def cmd_compare(args):
-    from torchtl import compare
+    from torchtl.tools import compare
 
     _check_arch(args.model, args.task)
     device = _device(args.device)

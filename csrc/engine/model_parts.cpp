@@ -1,0 +1,48 @@
+#include "engine/model_parts.h"
+
+namespace torchtl::engine {
+
+ModelParts::ModelParts(const std::shared_ptr<torch::nn::Module>& model, const std::string& task) : root(model) {
+  TORCH_CHECK_VALUE(model != nullptr, "fit/evaluate need a model");
+  resnet = dynamic_cast<models::ResNetImpl*>(model.get());
+  segmentation = dynamic_cast<models::SegmentationModelImpl*>(model.get());
+  if (task == "segmentation") {
+    TORCH_CHECK_VALUE(segmentation != nullptr, "task='segmentation' needs an FCN or DeepLabV3 model, got ", model->name());
+  } else {
+    TORCH_CHECK_VALUE(task == "classification", "unknown task '", task, "'; choose classification or segmentation");
+    TORCH_CHECK_VALUE(segmentation == nullptr, "a segmentation model needs task='segmentation'");
+    forward_any = models::tensor_forward(model);
+  }
+}
+
+std::vector<std::shared_ptr<torch::nn::Module>> ModelParts::heads() const {
+  std::vector<std::shared_ptr<torch::nn::Module>> out;
+  for (const auto& child : root->named_children()) {
+    const auto& name = child.key();
+    if ((resnet && name == "fc") || (segmentation && (name == "classifier" || name == "aux_classifier"))) {
+      out.push_back(child.value());
+    }
+  }
+  return out;
+}
+
+bool ModelParts::all_finite() const {
+  torch::NoGradGuard no_grad;
+  for (const auto& p : root->parameters()) {
+    if (!torch::isfinite(p).all().item<bool>()) return false;
+  }
+  for (const auto& b : root->buffers()) {
+    if (b.is_floating_point() && !torch::isfinite(b).all().item<bool>()) return false;
+  }
+  return true;
+}
+
+std::set<const c10::TensorImpl*> parameters_of(const std::vector<std::shared_ptr<torch::nn::Module>>& modules) {
+  std::set<const c10::TensorImpl*> out;
+  for (const auto& m : modules) {
+    for (const auto& p : m->parameters()) out.insert(p.unsafeGetTensorImpl());
+  }
+  return out;
+}
+
+}  // namespace torchtl::engine
