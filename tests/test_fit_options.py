@@ -20,8 +20,10 @@ PYTHON_ONLY = {"tensorboard", "progress"}
 NONE_MEANS_DEFAULT = {"lr", "momentum", "weight_decay", "nesterov", "head_lr", "clip_grad_norm", "device", "amp",
                       "channels_last", "checkpoint_dir", "resume", "class_weights"}
 # Python's fit caches features only when the train transform is deterministic, which only Python
-# knows: True there asks for the cache where it is safe; C++ caches only when told.
-PYTHON_DEFAULTS = {torchtl.engine.fit: {"cache_features": True}, torchtl.reference.fit: {"cache_features": False}}
+# knows: True there asks for the cache where it is safe; C++ caches only when told. Its sync_bn=None
+# follows the model's norm layers (nn.SyncBatchNorm), which only the Python model shows.
+PYTHON_DEFAULTS = {torchtl.engine.fit: {"cache_features": True, "sync_bn": None},
+                   torchtl.reference.fit: {"cache_features": False}}
 
 
 def _options(function):
