@@ -21,30 +21,33 @@ auto with_context(const std::string& context, F&& load) -> decltype(load()) {
   }
 }
 
-void check_index(size_t index, const MapFile& map) {
-  if (index >= map.entries.size()) {
-    throw c10::IndexError("index " + std::to_string(index) + " is out of range for map file '" + printable(map.path) +
-                          "' with " +
-                          std::to_string(map.entries.size()) + " samples");
+}  // namespace
+
+template <typename Dataset, typename Options>
+void MapFileDataset<Dataset, Options>::check_index(size_t index) const {
+  if (index >= map_.entries.size()) {
+    throw c10::IndexError("index " + std::to_string(index) + " is out of range for map file '" + printable(map_.path) +
+                          "' with " + std::to_string(map_.entries.size()) + " samples");
   }
 }
 
-}  // namespace
+template class MapFileDataset<MapDataset, MapDatasetOptions>;
+template class MapFileDataset<SegmentationMapDataset, SegmentationMapDatasetOptions>;
 
 MapDataset::MapDataset(const std::string& map_file, MapDatasetOptions options)
-    : map_(read_map_file(map_file, MapFileOptions()
-                                       .kind(MapKind::Classification)
-                                       .num_classes(options.num_classes())
-                                       .skip_bad_lines(options.skip_bad_lines()))),
-      options_(std::move(options)) {}
+    : MapFileDataset(read_map_file(map_file, MapFileOptions()
+                                                 .kind(MapKind::Classification)
+                                                 .num_classes(options.num_classes())
+                                                 .skip_bad_lines(options.skip_bad_lines())),
+                     std::move(options)) {}
 
 std::string MapDataset::sample_name(size_t index) const {
-  check_index(index, map_);
+  check_index(index);
   return data::where_in_map_file(map_, map_.entries[index]);
 }
 
 torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
-  check_index(index, map_);
+  check_index(index);
   const auto& entry = map_.entries[index];
   auto image = with_context(data::where_in_map_file(map_, entry) + ", image '" + printable(entry.path) + "'", [&] {
     torch::NoGradGuard no_grad;
@@ -57,22 +60,22 @@ torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
 }
 
 SegmentationMapDataset::SegmentationMapDataset(const std::string& map_file, SegmentationMapDatasetOptions options)
-    : map_(read_map_file(map_file,
-                         MapFileOptions().kind(MapKind::Segmentation).skip_bad_lines(options.skip_bad_lines()))),
-      options_(std::move(options)) {
+    : MapFileDataset(read_map_file(map_file,
+                                   MapFileOptions().kind(MapKind::Segmentation).skip_bad_lines(options.skip_bad_lines())),
+                     std::move(options)) {
   TORCH_CHECK_VALUE(options_.num_classes() == -1 || options_.num_classes() > 0,
                     "num_classes must be positive (or -1: unchecked), got ", options_.num_classes());
 }
 
 std::string SegmentationMapDataset::sample_name(size_t index) const {
-  check_index(index, map_);
+  check_index(index);
   const auto& entry = map_.entries[index];
   // The mask is named too: an error found in a batch's targets (e.g. by fit) points at the file.
   return data::where_in_map_file(map_, entry) + " (mask '" + printable(entry.target) + "')";
 }
 
 torch::data::Example<> SegmentationMapDataset::load(size_t index, uint64_t epoch) const {
-  check_index(index, map_);
+  check_index(index);
   const auto& entry = map_.entries[index];
   const auto where = data::where_in_map_file(map_, entry);
   const auto image_path = printable(entry.path), mask_path = printable(entry.target);

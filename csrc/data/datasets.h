@@ -36,52 +36,55 @@ struct SegmentationMapDatasetOptions {
   TORCH_ARG(bool, skip_bad_lines) = false;
 };
 
-// path<TAB>label lines -> Example{float32 image, int64 scalar label}. (map_file(), not map(): the
-// latter is torch::data's Dataset::map(transform), used as ds.map(Stack<>()).)
-class MapDataset : public torch::data::datasets::Dataset<MapDataset> {
+// What both map-file datasets share: the parsed map file, the options, and the epoch that the
+// augmentation draws depend on, with (seed, epoch(), index). `Dataset` defines load() and
+// sample_name(); both are thread-safe, so any number of threads may load at once, and their
+// errors name the map file, the line and the path, keeping their type (FileNotFoundError,
+// ValueError, c10::Error).
+template <typename Dataset, typename Options>
+class MapFileDataset : public torch::data::datasets::Dataset<Dataset> {
  public:
-  explicit MapDataset(const std::string& map_file, MapDatasetOptions options = {});
-
-  // torch::data's interface; augmentation draws depend on (seed, epoch(), index).
-  torch::data::Example<> get(size_t index) override { return load(index, epoch_); }
+  // torch::data's interface.
+  torch::data::Example<> get(size_t index) override { return static_cast<const Dataset&>(*this).load(index, epoch_); }
   std::optional<size_t> size() const override { return map_.entries.size(); }
-
-  // Thread-safe: any number of threads may load at once. Errors name the map file, the line
-  // and the path, and keep their type (FileNotFoundError, ValueError, c10::Error).
-  torch::data::Example<> load(size_t index, uint64_t epoch) const;
 
   void set_epoch(uint64_t epoch) { epoch_ = epoch; }
   uint64_t epoch() const { return epoch_; }
   const MapFile& map_file() const { return map_; }
-  const MapDatasetOptions& options() const { return options_; }
-  // "map file 'x', line N" for sample `index`: how loaders name a sample in their own errors.
-  std::string sample_name(size_t index) const;
+  const Options& options() const { return options_; }
+
+ protected:
+  MapFileDataset(MapFile map, Options options) : map_(std::move(map)), options_(std::move(options)) {}
+
+  // Throws IndexError unless `index` is a sample of the map file.
+  void check_index(size_t index) const;
+
+  MapFile map_;
+  Options options_;
 
  private:
-  MapFile map_;
-  MapDatasetOptions options_;
   uint64_t epoch_ = 0;
 };
 
+// path<TAB>label lines -> Example{float32 image, int64 scalar label}. (map_file(), not map(): the
+// latter is torch::data's Dataset::map(transform), used as ds.map(Stack<>()).)
+class MapDataset : public MapFileDataset<MapDataset, MapDatasetOptions> {
+ public:
+  explicit MapDataset(const std::string& map_file, MapDatasetOptions options = {});
+
+  torch::data::Example<> load(size_t index, uint64_t epoch) const;
+  // "map file 'x', line N" for sample `index`: how loaders name a sample in their own errors.
+  std::string sample_name(size_t index) const;
+};
+
 // image<TAB>mask lines -> Example{float32 image, int64 H x W mask}.
-class SegmentationMapDataset : public torch::data::datasets::Dataset<SegmentationMapDataset> {
+class SegmentationMapDataset : public MapFileDataset<SegmentationMapDataset, SegmentationMapDatasetOptions> {
  public:
   explicit SegmentationMapDataset(const std::string& map_file, SegmentationMapDatasetOptions options = {});
 
-  torch::data::Example<> get(size_t index) override { return load(index, epoch_); }
-  std::optional<size_t> size() const override { return map_.entries.size(); }
   torch::data::Example<> load(size_t index, uint64_t epoch) const;
-
-  void set_epoch(uint64_t epoch) { epoch_ = epoch; }
-  uint64_t epoch() const { return epoch_; }
-  const MapFile& map_file() const { return map_; }
-  const SegmentationMapDatasetOptions& options() const { return options_; }
+  // As MapDataset's, naming the mask file too.
   std::string sample_name(size_t index) const;
-
- private:
-  MapFile map_;
-  SegmentationMapDatasetOptions options_;
-  uint64_t epoch_ = 0;
 };
 
 }  // namespace torchtl::data
