@@ -144,7 +144,7 @@ def test_class_weights_match_pytorch(cls_map):
 
 def test_sequential_of_cpp_layers_trains_wholly_in_cpp(cls_map):
     net = cifar_net()
-    assert torchtl.engine._cpp_model(net).describe()[0] == "Sequential"  # C++ layers, no Python forward
+    assert torchtl.engine._cpp_model(net).module_info()[0] == "Sequential"  # C++ layers, no Python forward
     twin = copy.deepcopy(net)
     weight = net[0].weight
     kwargs = dict(epochs=2, lr=0.01, device="cpu", progress=False)

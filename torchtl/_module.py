@@ -270,7 +270,7 @@ class _Tree:
         # train()/eval() may be called on any submodule (a frozen BatchNorm, say): mirror the flags.
         flags = [n.py.training for n in self.nodes()]
         if flags != self._flags:
-            self.cpp_root.sync_training(flags)
+            self.cpp_root.set_training_flags(flags)
             self._flags = flags
 
     def _adopt(self, node: _Node) -> bool:
@@ -474,7 +474,7 @@ class ModuleList(_Mirror, nn.ModuleList):
 def mirror(cpp, tree: _Tree, classes: dict, leaf_classes: dict | None = None) -> nn.Module:
     """The Python module tree for a C++ module tree. ``classes`` maps C++ container type names to
     _Mirror classes; ``leaf_classes`` overrides a leaf's torch.nn class (SyncBatchNorm)."""
-    type_name, options, container = cpp.describe()
+    type_name, options, container = cpp.module_info()
     if type_name in _LEAF_TYPES:
         return _leaf_from_cpp(type_name, options, cpp, leaf_classes or {})
     cls = classes.get(type_name) or {"Sequential": Sequential, "ModuleList": ModuleList}.get(container)
@@ -494,7 +494,7 @@ def mirror(cpp, tree: _Tree, classes: dict, leaf_classes: dict | None = None) ->
 def wrap(cpp, root_class, classes: dict, leaf_classes: dict | None = None, **attributes):
     """Mirrors a whole C++ model with ``root_class`` (a Model subclass) at the top."""
     tree = _Tree(cpp)
-    root = mirror(cpp, tree, {**classes, cpp.describe()[0]: root_class}, leaf_classes)
+    root = mirror(cpp, tree, {**classes, cpp.module_info()[0]: root_class}, leaf_classes)
     for key, value in attributes.items():
         object.__setattr__(root, key, value)
     tree.root = _pair(root, cpp)

@@ -35,11 +35,11 @@ __all__ = [
     "wide_resnet101_2",
 ]
 
-# norm_layer values C++ can build: the class -> (C++ norm, Python class of each norm leaf).
+# norm_layer values C++ can build: the class -> the norm layer C++ builds in its slots.
 _NORM_LAYERS = {
-    nn.BatchNorm2d: "BatchNorm2d",
-    nn.SyncBatchNorm: "BatchNorm2d",  # BatchNorm2d in one process; torchtl.engine.fit synchronises it (sync_bn)
-    FrozenBatchNorm2d: "FrozenBatchNorm2d",
+    nn.BatchNorm2d: _C.NormLayer.BatchNorm2d,
+    nn.SyncBatchNorm: _C.NormLayer.BatchNorm2d,  # BatchNorm2d in one process; engine.fit synchronises it (sync_bn)
+    FrozenBatchNorm2d: _C.NormLayer.FrozenBatchNorm2d,
 }
 
 # Arguments torchvision's ResNet takes through its builders' **kwargs.

@@ -35,9 +35,9 @@ void init_models(py::module_& m) {
   // module_local: torch may register torch::nn::Module for its own bindings; ours stays separate.
   py::class_<Module, ModulePtr>(m, "Module", py::module_local(),
                                 "A C++ torch::nn::Module; torchtl's Python modules wrap these.")
-      .def("describe",
+      .def("module_info",
            [](const Module& self) {
-             auto info = models::describe(self);
+             auto info = models::module_info(self);
              return py::make_tuple(info.type, info.options, info.container);
            })
       .def("named_children",
@@ -52,14 +52,7 @@ void init_models(py::module_& m) {
            py::arg("recurse") = false)
       .def_property_readonly("training", &Module::is_training)
       .def("train", [](Module& self, bool mode) { self.train(mode); }, py::arg("mode") = true)
-      .def("sync_training",
-           [](Module& self, const std::vector<bool>& flags) {
-             // Pre-order, so each module ends with its own flag after its parent's recursive train().
-             auto modules = self.modules(/*include_self=*/true);
-             TORCH_CHECK_VALUE(flags.size() == modules.size(), "sync_training: ", flags.size(), " flags for ",
-                               modules.size(), " modules");
-             for (size_t i = 0; i < modules.size(); ++i) modules[i]->train(flags[i]);
-           })
+      .def("set_training_flags", &models::set_training_flags, py::arg("flags"))
       .def("forward",
            [](const ModulePtr& self, const torch::Tensor& input) {
              auto forward = models::tensor_forward(self);
@@ -86,27 +79,27 @@ void init_models(py::module_& m) {
     return seq.ptr();
   });
 
+  py::enum_<models::NormLayer>(m, "NormLayer", py::module_local())
+      .value("BatchNorm2d", models::NormLayer::BatchNorm2d)
+      .value("FrozenBatchNorm2d", models::NormLayer::FrozenBatchNorm2d);
   m.def(
       "resnet",
       [](const std::string& arch, int64_t num_classes, bool zero_init_residual,
          const std::vector<bool>& replace_stride_with_dilation, std::optional<int64_t> groups,
-         std::optional<int64_t> width_per_group, const std::string& norm_layer) -> ModulePtr {
+         std::optional<int64_t> width_per_group, models::NormLayer norm_layer) -> ModulePtr {
         auto options = models::resnet_options(arch)
                            .num_classes(num_classes)
                            .zero_init_residual(zero_init_residual)
                            .replace_stride_with_dilation(replace_stride_with_dilation);
         if (groups) options.groups(*groups);
         if (width_per_group) options.width_per_group(*width_per_group);
-        TORCH_CHECK_VALUE(norm_layer == "BatchNorm2d" || norm_layer == "FrozenBatchNorm2d",
-                          "norm_layer must be BatchNorm2d or FrozenBatchNorm2d, got ", norm_layer);
-        options.norm_layer(norm_layer == "BatchNorm2d" ? models::NormLayer::BatchNorm2d
-                                                       : models::NormLayer::FrozenBatchNorm2d);
+        options.norm_layer(norm_layer);
         return models::ResNet(options).ptr();
       },
       py::arg("arch"), py::arg("num_classes") = 1000, py::arg("zero_init_residual") = false,
       py::arg("replace_stride_with_dilation") = std::vector<bool>{false, false, false},
       py::arg("groups") = py::none(), py::arg("width_per_group") = py::none(),
-      py::arg("norm_layer") = "BatchNorm2d");
+      py::arg("norm_layer") = models::NormLayer::BatchNorm2d);
   m.def("deeplabv3_resnet", [](const std::string& backbone, int64_t num_classes, bool aux_loss) -> ModulePtr {
     return models::deeplabv3_resnet(backbone, num_classes, aux_loss).ptr();
   });

@@ -24,7 +24,7 @@ torch::Tensor as_tensor(const py::handle& item, const std::string& what, const c
   return THPVariable_Unpack(item.ptr());
 }
 
-class PythonModuleImpl : public torch::nn::Module, public models::Composite {
+class PythonModuleImpl : public torch::nn::Module, public models::EditableContainer {
  public:
   explicit PythonModuleImpl(py::object module)
       : torch::nn::Module(py::str(py::type::of(module).attr("__name__")).cast<std::string>()),
@@ -32,7 +32,7 @@ class PythonModuleImpl : public torch::nn::Module, public models::Composite {
     adopt(module, *this);
   }
 
-  torch::Tensor forward_tensor(const torch::Tensor& input) override {
+  torch::Tensor forward_as_tensor(const torch::Tensor& input) override {
     py::gil_scoped_acquire gil;
     const auto& module = *module_;
     // C++ train()/eval() set the flags of this mirror only; the Python forward reads its own.

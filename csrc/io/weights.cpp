@@ -107,7 +107,7 @@ LoadResult load_state_dict(torch::nn::Module& module, const StateDict& weights, 
   const bool fail = !wrong_shapes.empty() || (strict && (!result.missing_keys.empty() || !result.unexpected_keys.empty()));
   if (fail) {
     std::ostringstream msg;
-    msg << "Error(s) in loading weights into " << models::describe(module).type << ":";
+    msg << "Error(s) in loading weights into " << models::module_info(module).type << ":";
     if (!result.missing_keys.empty()) msg << "\n  " << counted(result.missing_keys.size(), "missing key") << ": " << join(result.missing_keys);
     if (!result.unexpected_keys.empty())
       msg << "\n  " << counted(result.unexpected_keys.size(), "unexpected key") << ": " << join(result.unexpected_keys);

@@ -54,7 +54,7 @@ bool IntermediateLayerGetterImpl::returned(const std::string& name) const {
   return std::any_of(return_layers_.begin(), return_layers_.end(), [&](const auto& item) { return item.first == name; });
 }
 
-torch::Tensor IntermediateLayerGetterImpl::forward_tensor(const torch::Tensor&) {
+torch::Tensor IntermediateLayerGetterImpl::forward_as_tensor(const torch::Tensor&) {
   TORCH_CHECK_TYPE(false, "IntermediateLayerGetter returns a dict of features, not a tensor");
 }
 

@@ -15,12 +15,12 @@ namespace torchtl::models {
 // {"layer4": "out", "layer3": "aux"}: child name -> key in the output, in insertion order.
 using ReturnLayers = std::vector<std::pair<std::string, std::string>>;
 
-class IntermediateLayerGetterImpl : public torch::nn::Module, public Composite {
+class IntermediateLayerGetterImpl : public torch::nn::Module, public EditableContainer {
  public:
   // The children are shared with `model`, as in torchvision.
   IntermediateLayerGetterImpl(const std::shared_ptr<torch::nn::Module>& model, ReturnLayers return_layers);
   torch::OrderedDict<std::string, torch::Tensor> forward(torch::Tensor x);
-  torch::Tensor forward_tensor(const torch::Tensor& x) override;
+  torch::Tensor forward_as_tensor(const torch::Tensor& x) override;
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 
   const ReturnLayers& return_layers() const { return return_layers_; }

@@ -106,10 +106,18 @@ torch::Tensor forward_folding(nn::SequentialImpl& seq, std::vector<FoldedConvBN>
 
 }  // namespace
 
+void set_training_flags(nn::Module& root, const std::vector<bool>& flags) {
+  // Pre-order, so each module ends with its own flag after its parent's recursive train().
+  auto modules = root.modules(/*include_self=*/true);
+  TORCH_CHECK_VALUE(flags.size() == modules.size(), "set_training_flags: ", flags.size(), " flags for ",
+                    modules.size(), " modules");
+  for (size_t i = 0; i < modules.size(); ++i) modules[i]->train(flags[i]);
+}
+
 TensorForward tensor_forward(const std::shared_ptr<nn::Module>& module) {
   TORCH_CHECK_VALUE(module != nullptr, "tensor_forward: no module");
-  if (auto composite = std::dynamic_pointer_cast<Composite>(module)) {
-    return [composite](const torch::Tensor& x) { return composite->forward_tensor(x); };
+  if (auto container = std::dynamic_pointer_cast<EditableContainer>(module)) {
+    return [container](const torch::Tensor& x) { return container->forward_as_tensor(x); };
   }
   if (auto seq = std::dynamic_pointer_cast<nn::SequentialImpl>(module)) {
     // torchvision's heads are Sequentials of Conv2d, BatchNorm2d and ReLU: each such pair (or
@@ -157,8 +165,8 @@ nn::AnyModule to_any_module(const std::shared_ptr<nn::Module>& module) {
 }
 
 void replace_child(nn::Module& parent, const std::string& name, std::shared_ptr<nn::Module> module) {
-  if (auto* composite = dynamic_cast<Composite*>(&parent)) {
-    composite->replace_child(name, std::move(module));
+  if (auto* container = dynamic_cast<EditableContainer*>(&parent)) {
+    container->replace_child(name, std::move(module));
     return;
   }
   if (auto* seq = dynamic_cast<nn::SequentialImpl*>(&parent)) {
@@ -177,7 +185,7 @@ void replace_child(nn::Module& parent, const std::string& name, std::shared_ptr<
   TORCH_CHECK_TYPE(false, "cannot replace children of a ", parent.name());
 }
 
-ModuleInfo describe(const nn::Module& module) {
+ModuleInfo module_info(const nn::Module& module) {
   ModuleInfo info{short_type_name(module), {}, ""};
   if (dynamic_cast<const nn::SequentialImpl*>(&module)) info.container = "Sequential";
   if (dynamic_cast<const nn::ModuleListImpl*>(&module)) info.container = "ModuleList";

@@ -18,25 +18,32 @@ namespace torchtl::models {
 // Implemented by torchtl's own container modules (ResNet, BasicBlock, ...): a forward reachable
 // through the base class and children that can be swapped after construction (Python's
 // `model.fc = nn.Linear(...)`, what LibTorch users do with unregister_module/register_module).
-class Composite {
+class EditableContainer {
  public:
-  virtual ~Composite() = default;
-  virtual torch::Tensor forward_tensor(const torch::Tensor& input) = 0;
+  virtual ~EditableContainer() = default;
+  // forward() reached through this base class, its result as one tensor (a segmentation model's
+  // "out"); a module that returns several features throws c10::TypeError.
+  virtual torch::Tensor forward_as_tensor(const torch::Tensor& input) = 0;
   // Throws c10::TypeError when `module` cannot stand in the named slot.
   virtual void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) = 0;
 };
 
-// A module's forward as a callable, resolved once: torch::nn leaves, Sequential and Composites.
+// A module's forward as a callable, resolved once: torch::nn leaves, Sequential and
+// EditableContainers.
 using TensorForward = std::function<torch::Tensor(const torch::Tensor&)>;
 TensorForward tensor_forward(const std::shared_ptr<torch::nn::Module>& module);
+
+// Sets each module's training flag, `flags` in the pre-order of root.modules(include_self=true),
+// so a submodule put in eval under a training parent (a frozen BatchNorm) stays in eval.
+void set_training_flags(torch::nn::Module& root, const std::vector<bool>& flags);
 
 // A torch::nn leaf held as an AnyModule (what a Sequential stores); throws for other types.
 torch::nn::AnyModule to_any_module(const std::shared_ptr<torch::nn::Module>& module);
 
-// Swaps `parent`'s child `name` for `module`; parent is a Sequential or a Composite.
+// Swaps `parent`'s child `name` for `module`; parent is a Sequential or an EditableContainer.
 void replace_child(torch::nn::Module& parent, const std::string& name, std::shared_ptr<torch::nn::Module> module);
 
-// For Composite::replace_child: the typed member and the registry are updated together.
+// For EditableContainer::replace_child: the typed member and the registry are updated together.
 template <typename Holder>
 void assign_child(torch::nn::Module& parent, const std::string& name, Holder& member,
                   const std::shared_ptr<torch::nn::Module>& module) {
@@ -60,9 +67,9 @@ struct ModuleInfo {
   std::string container;
 };
 
-ModuleInfo describe(const torch::nn::Module& module);
+ModuleInfo module_info(const torch::nn::Module& module);
 
-// Builds a torch::nn leaf from torch.nn's constructor arguments (the inverse of describe()).
+// Builds a torch::nn leaf from torch.nn's constructor arguments (the inverse of module_info()).
 std::shared_ptr<torch::nn::Module> make_module(const std::string& type, const ModuleOptions& options);
 
 // Makes `module` hold exactly these tensors as its own parameters/buffers (same TensorImpl, not

@@ -47,7 +47,8 @@ class Norm2d {
   TensorForward forward_;
 };
 
-// Composite::replace_child for a norm slot: the slot and the registry are updated together.
+// EditableContainer::replace_child for a norm slot: the slot and the registry are updated
+// together.
 void assign_child(torch::nn::Module& parent, const std::string& name, Norm2d& member,
                   const std::shared_ptr<torch::nn::Module>& module);
 

@@ -28,13 +28,13 @@ struct BlockOptions {
 torch::nn::Conv2d conv3x3(int64_t in_planes, int64_t out_planes, int64_t stride = 1, int64_t groups = 1, int64_t dilation = 1);
 torch::nn::Conv2d conv1x1(int64_t in_planes, int64_t out_planes, int64_t stride = 1);
 
-class BasicBlockImpl : public torch::nn::Module, public Composite {
+class BasicBlockImpl : public torch::nn::Module, public EditableContainer {
  public:
   static constexpr int64_t expansion = 1;
   // `downsample` maps the identity to the block's output shape; null when shapes already agree.
   explicit BasicBlockImpl(const BlockOptions& options, torch::nn::Sequential downsample = nullptr);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::Tensor forward_tensor(const torch::Tensor& x) override { return forward(x); }
+  torch::Tensor forward_as_tensor(const torch::Tensor& x) override { return forward(x); }
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 
   BlockOptions options;
@@ -48,13 +48,13 @@ class BasicBlockImpl : public torch::nn::Module, public Composite {
 };
 TORCH_MODULE(BasicBlock);
 
-class BottleneckImpl : public torch::nn::Module, public Composite {
+class BottleneckImpl : public torch::nn::Module, public EditableContainer {
  public:
   // torchvision's V1.5 bottleneck: the stride sits on the 3x3 convolution.
   static constexpr int64_t expansion = 4;
   explicit BottleneckImpl(const BlockOptions& options, torch::nn::Sequential downsample = nullptr);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::Tensor forward_tensor(const torch::Tensor& x) override { return forward(x); }
+  torch::Tensor forward_as_tensor(const torch::Tensor& x) override { return forward(x); }
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 
   BlockOptions options;
@@ -84,11 +84,11 @@ struct ResNetOptions {
   TORCH_ARG(std::vector<bool>, replace_stride_with_dilation) = std::vector<bool>{false, false, false};
 };
 
-class ResNetImpl : public torch::nn::Module, public Composite {
+class ResNetImpl : public torch::nn::Module, public EditableContainer {
  public:
   explicit ResNetImpl(const ResNetOptions& options);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::Tensor forward_tensor(const torch::Tensor& x) override { return forward(x); }
+  torch::Tensor forward_as_tensor(const torch::Tensor& x) override { return forward(x); }
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 
   // forward() in two parts, for feature extraction: the pooled, flattened N x num_features

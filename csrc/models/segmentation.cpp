@@ -46,7 +46,8 @@ torch::Tensor ASPPPoolingImpl::forward(const torch::Tensor& x) {
 }
 
 void ASPPPoolingImpl::replace_child(const std::string& name, std::shared_ptr<nn::Module> module) {
-  // Sequential's own swap; this override only makes the pooling branch reachable as a Composite.
+  // Sequential's own swap; this override only makes the pooling branch reachable as an
+  // EditableContainer.
   torchtl::models::replace_child(static_cast<SequentialImpl&>(*this), name, std::move(module));
 }
 
@@ -126,7 +127,7 @@ torch::OrderedDict<std::string, torch::Tensor> SegmentationModelImpl::forward_he
   return result;
 }
 
-torch::Tensor SegmentationModelImpl::forward_tensor(const torch::Tensor& x) { return forward(x)["out"]; }
+torch::Tensor SegmentationModelImpl::forward_as_tensor(const torch::Tensor& x) { return forward(x)["out"]; }
 
 void SegmentationModelImpl::replace_child(const std::string& name, std::shared_ptr<nn::Module> module) {
   if (name == "backbone") return assign_child(*this, name, backbone, module);

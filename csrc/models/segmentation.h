@@ -17,21 +17,21 @@ class ASPPConvImpl : public torch::nn::SequentialImpl {
 };
 TORCH_MODULE(ASPPConv);
 
-class ASPPPoolingImpl : public torch::nn::SequentialImpl, public Composite {
+class ASPPPoolingImpl : public torch::nn::SequentialImpl, public EditableContainer {
  public:
   ASPPPoolingImpl(int64_t in_channels, int64_t out_channels);
   // Global pooling, then back to the input's spatial size (bilinear, align_corners=false).
   torch::Tensor forward(const torch::Tensor& x);
-  torch::Tensor forward_tensor(const torch::Tensor& x) override { return forward(x); }
+  torch::Tensor forward_as_tensor(const torch::Tensor& x) override { return forward(x); }
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 };
 TORCH_MODULE(ASPPPooling);
 
-class ASPPImpl : public torch::nn::Module, public Composite {
+class ASPPImpl : public torch::nn::Module, public EditableContainer {
  public:
   ASPPImpl(int64_t in_channels, std::vector<int64_t> atrous_rates, int64_t out_channels = 256);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::Tensor forward_tensor(const torch::Tensor& x) override { return forward(x); }
+  torch::Tensor forward_as_tensor(const torch::Tensor& x) override { return forward(x); }
   void replace_child(const std::string& name, std::shared_ptr<torch::nn::Module> module) override;
 
   torch::nn::ModuleList convs{nullptr};
@@ -57,12 +57,12 @@ TORCH_MODULE(FCNHead);
 
 // torchvision's _SimpleSegmentationModel: backbone features -> classifier (and aux_classifier on
 // the "aux" features), each upsampled to the input size. Returns {"out", ["aux"]}.
-class SegmentationModelImpl : public torch::nn::Module, public Composite {
+class SegmentationModelImpl : public torch::nn::Module, public EditableContainer {
  public:
   SegmentationModelImpl(IntermediateLayerGetter backbone, std::shared_ptr<torch::nn::Module> classifier,
                         std::shared_ptr<torch::nn::Module> aux_classifier = nullptr);
   torch::OrderedDict<std::string, torch::Tensor> forward(const torch::Tensor& x);
-  torch::Tensor forward_tensor(const torch::Tensor& x) override;
+  torch::Tensor forward_as_tensor(const torch::Tensor& x) override;
   // forward() after the backbone: the heads on its features, upsampled to `size` (H, W).
   torch::OrderedDict<std::string, torch::Tensor> forward_heads(const torch::OrderedDict<std::string, torch::Tensor>& features,
                                                                at::IntArrayRef size);
