@@ -68,3 +68,36 @@ def test_the_binding_takes_typed_keywords_with_the_cpp_defaults():
         _C.engine.evaluate(model._cpp, [], None, lr="fast")
     with pytest.raises(AttributeError):
         _C.engine.ParamGroup().no_such_hyperparameter = 1.0
+
+
+def test_string_option_values_are_the_cpp_choices():
+    """The torchtl command writes the values out (its --help loads no torch); they must be C++'s."""
+    from torchtl.tools import cli
+
+    choices = _C.engine.FIT_CHOICES
+    assert set(choices) == {"task", "mode", "optimizer", "lr_schedule", "amp"}
+    assert set(choices) <= set(CPP)
+    written = {"task": cli.TASKS, "mode": cli.MODES, "optimizer": cli.OPTIMIZERS, "lr_schedule": cli.SCHEDULERS,
+               "amp": cli.AMP}
+    for name, values in written.items():
+        assert list(values) == list(choices[name]), name
+    parser = cli.build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices
+    for task in choices["task"]:
+        actions = {a.dest: a for a in train[task]._actions}
+        assert list(actions["mode"].choices) == choices["mode"]
+        assert set(actions["opt"].choices) == set(choices["optimizer"]) | {"sgd_nesterov"}
+        assert list(actions["lr_scheduler"].choices) == choices["lr_schedule"]
+        assert list(actions["amp"].choices) == choices["amp"]
+
+
+@pytest.mark.parametrize("option,value", [("mode", "scratchy"), ("optimizer", "lamb"), ("lr_schedule", "linear"),
+                                          ("amp", "fp8")])
+def test_a_value_outside_the_choices_is_named_in_the_error(option, value):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    data = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]))]
+    listed = ", ".join(_C.engine.FIT_CHOICES[option][:-1]) + " or " + _C.engine.FIT_CHOICES[option][-1]
+    with pytest.raises(ValueError, match=f"unknown {option} '{value}'; choose {listed}"):
+        torchtl.engine.fit(model, data, epochs=1, progress=False, device="cpu", **{option: value})

@@ -33,7 +33,7 @@ from torch import nn
 
 from torchtl import _C, _runlog
 
-__all__ = ["fit", "evaluate", "default_device"]
+__all__ = ["fit", "evaluate", "default_device", "process_group"]
 
 # torch.optim classes whose step LibTorch runs the same way, by the kind the C++ engine knows.
 _OPTIMIZER_KINDS = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw",
@@ -46,9 +46,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _process_group(device: Optional[str]):
-    """torch.distributed's default group, joined as it is or first initialized from torchrun's
-    environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); None when training in one process."""
+def process_group(device: Optional[str] = None):
+    """The process group ``fit`` trains over: torch.distributed's default group, joined as it is or
+    first initialized from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; gloo
+    for the CPU, nccl for CUDA); None when training in one process."""
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -357,7 +358,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     The default (None) is True for a torchtl model built with ``norm_layer=nn.SyncBatchNorm``.
     """
     hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
-    group = _process_group(device)
+    group = process_group(device)
     device = _rank_device(device, group)
     main = _is_main_process(group)
     if resume:
@@ -433,7 +434,7 @@ def evaluate(model, loader, *, task: str = "classification", device: Optional[st
     confusion-matrix metrics; ``miou`` averages the classes present in the target or the prediction,
     ``iou`` is NaN for the others). ``skipped`` counts the samples on_error="skip" dropped. ``amp`` and
     ``channels_last`` as in ``fit``."""
-    group = _process_group(device)
+    group = process_group(device)
     device = _rank_device(device, group)
     model.to(device)
     defaults = _C.engine.FIT_OPTIONS

@@ -187,6 +187,7 @@ void init_engine(py::module_& m) {
   py::dict defaults;
   TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_DEFAULT)
   e.attr("FIT_OPTIONS") = defaults;
+  e.attr("FIT_CHOICES") = engine::fit_option_choices();
 
   e.def(
       "fit",

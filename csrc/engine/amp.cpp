@@ -4,12 +4,13 @@
 #include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
 
+#include "engine/choices.h"
 #include "models/fast_path.h"
 
 namespace torchtl::engine {
 
 std::optional<at::ScalarType> amp_dtype(const std::string& amp, c10::Device device) {
-  TORCH_CHECK_VALUE(amp == "off" || amp == "fp16" || amp == "bf16", "amp must be off, fp16 or bf16, got '", amp, "'");
+  check_fit_choice("amp", amp);
   if (amp == "off") return std::nullopt;
   TORCH_CHECK_VALUE(device.is_cuda() || device.is_cpu(), "amp='", amp, "' runs on CPU or CUDA devices, got ", device);
   if (device.is_cpu()) {

@@ -1,5 +1,7 @@
 #include "engine/model_parts.h"
 
+#include "engine/choices.h"
+
 namespace torchtl::engine {
 
 ModelParts::ModelParts(const std::shared_ptr<torch::nn::Module>& model, const std::string& task) : root(model) {
@@ -9,7 +11,7 @@ ModelParts::ModelParts(const std::shared_ptr<torch::nn::Module>& model, const st
   if (task == "segmentation") {
     TORCH_CHECK_VALUE(segmentation != nullptr, "task='segmentation' needs an FCN or DeepLabV3 model, got ", model->name());
   } else {
-    TORCH_CHECK_VALUE(task == "classification", "unknown task '", task, "'; choose classification or segmentation");
+    check_fit_choice("task", task);
     TORCH_CHECK_VALUE(segmentation == nullptr, "a segmentation model needs task='segmentation'");
     forward_any = models::tensor_forward(model);
   }

@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "engine/choices.h"
+
 namespace torchtl::engine {
 
 namespace {
@@ -52,8 +54,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& kind,
 std::vector<ParamGroup> named_optimizer_groups(const std::string& kind, double lr, double head_lr, double momentum,
                                                bool nesterov, double weight_decay, std::vector<torch::Tensor> body,
                                                std::vector<torch::Tensor> head) {
-  TORCH_CHECK_VALUE(kind == "sgd" || kind == "adam" || kind == "adamw", "unknown optimizer '", kind,
-                    "'; choose sgd, adam or adamw (or pass a torch.optim SGD, Adam, AdamW or RMSprop instance)");
+  check_fit_choice("optimizer", kind, " (or pass a torch.optim SGD, Adam, AdamW or RMSprop instance)");
   ParamGroup g;
   g.lr = lr;
   g.momentum = momentum;

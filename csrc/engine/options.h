@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/choices.h"
 #include "engine/distributed.h"
 #include "engine/optimizer.h"
 

@@ -5,12 +5,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/choices.h"
+
 namespace torchtl::engine {
 
 LRSchedule::LRSchedule(ScheduleOptions options) : options_(std::move(options)) {
   const auto& k = options_.kind;
-  TORCH_CHECK_VALUE(k == "constant" || k == "step" || k == "cosine" || k == "poly", "unknown lr_schedule '", k,
-                    "'; choose constant, step, cosine or poly");
+  check_fit_choice("lr_schedule", k);
   TORCH_CHECK_VALUE(options_.epochs > 0 && options_.iters_per_epoch > 0, "a schedule needs epochs and iterations");
   TORCH_CHECK_VALUE(options_.warmup_epochs >= 0 && (options_.warmup_epochs == 0 || options_.warmup_epochs < options_.epochs),
                     "warmup_epochs (", options_.warmup_epochs, ") must be shorter than epochs (", options_.epochs, ")");

@@ -6,6 +6,7 @@
 
 #include "engine/amp.h"
 #include "engine/checkpoint.h"
+#include "engine/choices.h"
 #include "engine/evaluate.h"
 #include "engine/feature_cache.h"
 #include "engine/model_parts.h"
@@ -44,8 +45,7 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
   std::optional<ShardedSource> val_shard;
   if (unsharded_val) val_shard.emplace(*unsharded_val, distributed, /*pad=*/false);
   const BatchSource* val = val_shard ? &*val_shard : nullptr;
-  TORCH_CHECK_VALUE(o.mode() == "scratch" || o.mode() == "finetune" || o.mode() == "feature_extractor", "unknown mode '",
-                    o.mode(), "'; choose scratch, finetune or feature_extractor");
+  check_fit_choice("mode", o.mode());
   TORCH_CHECK_VALUE(o.epochs() > 0, "epochs must be positive, got ", o.epochs());
   TORCH_CHECK_VALUE(o.max_nonfinite_losses() > 0, "max_nonfinite_losses must be positive, got ", o.max_nonfinite_losses());
   const auto iters_per_epoch = static_cast<int64_t>(train.num_batches());

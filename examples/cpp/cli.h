@@ -183,12 +183,14 @@ inline void add_data_options(Options& options, TrainArgs& args, const std::strin
 
 // The optimizer and its learning-rate schedule.
 inline void add_optimizer_options(Options& options, TrainArgs& args) {
-  options.text("--opt,--optimizer", &args.opt, "optimizer", {"sgd", "sgd_nesterov", "adam", "adamw"});
+  auto optimizers = engine::fit_option_choices().at("optimizer");
+  optimizers.push_back("sgd_nesterov");  // the torchvision references' name for SGD with Nesterov momentum
+  options.text("--opt,--optimizer", &args.opt, "optimizer", optimizers);
   options.real("--lr", &args.lr, 0, false, "learning rate");
   options.real("--momentum", &args.momentum, 0, true, "SGD momentum");
   options.real("--wd,--weight-decay", &args.weight_decay, 0, true, "weight decay");
   options.text("--lr-scheduler,--lr-schedule", &args.lr_scheduler, "learning-rate schedule",
-               {"constant", "step", "cosine", "poly"});
+               engine::fit_option_choices().at("lr_schedule"));
   options.integer("--lr-warmup-epochs", &args.lr_warmup_epochs, 0, "epochs of linear warm-up");
   options.integer("--lr-step-size", &args.lr_step_size, 1, "--lr-scheduler step: epochs per decay");
   options.real("--lr-gamma", &args.lr_gamma, 0, false, "--lr-scheduler step: decay factor");
@@ -200,7 +202,8 @@ inline void add_run_options(Options& options, TrainArgs& args) {
   options.integer("-j,--workers", &args.workers, 0, "loader threads");
   options.text("--device", &args.device, "cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)");
   options.text("--amp", &args.amp,
-               "mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA)", {"off", "fp16", "bf16"});
+               "mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA)",
+               engine::fit_option_choices().at("amp"));
   options.text("--resume", &args.resume, "last.pt of a run to continue (its folder is the default --output-dir)");
 }
 

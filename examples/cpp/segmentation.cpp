@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
   options.text("--mode", &args.mode,
                "finetune, feature_extractor (only the heads train; needs --weights) or scratch (no --weights) "
                "(default: finetune with --weights, else scratch)",
-               {"scratch", "finetune", "feature_extractor"});
+               engine::fit_option_choices().at("mode"));
   examples::add_optimizer_options(options, args);
   options.integer("--base-size", &args.base_size, 16,
                   "shorter side of the evaluation images; training scales it by 0.5x to 2x");

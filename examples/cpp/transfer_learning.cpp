@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
   options.text("--mode", &args.mode,
                "finetune: every layer trains; feature_extractor: only the new head; scratch: random initialisation, "
                "no --weights (default: finetune with --weights, else scratch)",
-               {"scratch", "finetune", "feature_extractor"});
+               engine::fit_option_choices().at("mode"));
   examples::add_optimizer_options(options, args);
   options.real("--label-smoothing", &args.label_smoothing, 0, true, "label smoothing of the cross-entropy loss");
   options.integer("--size", &args.size, 16, "training crop and evaluation size (evaluation resizes to size*256/224 first)");

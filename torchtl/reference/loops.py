@@ -208,18 +208,18 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     SyncBatchNorm synchronizes on GPUs only: under a process group on the CPU it raises ValueError
     (torchtl.engine.fit synchronizes on gloo too).
     """
-    from torchtl import _runlog
-    from torchtl.engine import _Bar, _class_weights, _is_main_process, _process_group, _rank_device, check_run_arguments
+    from torchtl import _C, _runlog
+    from torchtl.engine import _Bar, _class_weights, _is_main_process, _rank_device, check_run_arguments, process_group
 
     if resume:
         raise ValueError("torchtl.reference.fit does not resume; torchtl.engine.fit does")
-    if mode not in ("scratch", "finetune", "feature_extractor"):
-        raise ValueError(f"unknown mode '{mode}'; choose scratch, finetune or feature_extractor")
+    if mode not in _C.engine.FIT_CHOICES["mode"]:
+        raise ValueError(f"unknown mode '{mode}'; choose {', '.join(_C.engine.FIT_CHOICES['mode'])}")
     hyper = check_run_arguments(optimizer, lr, momentum, weight_decay, nesterov, head_lr, seed, max_nonfinite_losses)
     _runlog.check_fresh_dir(checkpoint_dir)
-    process_group = _process_group(device)
-    device = _rank_device(device, process_group)
-    main = _is_main_process(process_group)
+    dist_group = process_group(device)
+    device = _rank_device(device, dist_group)
+    main = _is_main_process(dist_group)
     dtype = _amp_dtype(amp, device)
     channels_last = channels_last is None or bool(channels_last)
     segmentation = task == "segmentation"
@@ -258,8 +258,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         optimizer_groups(optimizer)  # the same checks as the C++ engine's
         opt = optimizer
         base_lrs = [float(g["lr"]) for g in opt.param_groups]
-    if process_group is not None and hasattr(train_loader, "shard") and train_loader.num_replicas == 1:
-        train_loader = train_loader.shard(process_group.size(), process_group.rank())
+    if dist_group is not None and hasattr(train_loader, "shard") and train_loader.num_replicas == 1:
+        train_loader = train_loader.shard(dist_group.size(), dist_group.rank())
     iters = len(train_loader)
     if iters == 0:
         raise ValueError("the training loader yields no batch")
@@ -278,7 +278,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     # Built after the layout change, so its gradient buckets match the weights' strides. The frozen part
     # builds no graph (neither its input nor its weights need grad), so running the whole model through
     # DDP costs what the no_grad feature path costs.
-    ddp = DistributedDataParallel(model) if process_group is not None else None
+    ddp = DistributedDataParallel(model) if dist_group is not None else None
     try:
         for epoch in range(1, epochs + 1):
             model.train()
@@ -322,7 +322,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 value = loss.detach().item()
                 it += 1
                 record["step_losses"].append(value)
-                if _any_rank(not math.isfinite(value), process_group, device):  # skipped, as in torchtl::engine::fit
+                if _any_rank(not math.isfinite(value), dist_group, device):  # skipped, as in torchtl::engine::fit
                     nonfinite += 1
                     record["nonfinite_losses"] += 1
                     if nonfinite == 1:
@@ -343,12 +343,12 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 images += x.shape[0]
                 if logits is not None:
                     correct += int((logits.argmax(1) == y).sum())
-            if process_group is not None:
+            if dist_group is not None:
                 steps = torch.tensor(record["step_losses"], dtype=torch.float64, device=device)
                 totals = torch.tensor([loss_sum, images, correct], dtype=torch.float64, device=device)
                 torch.distributed.all_reduce(steps)
                 torch.distributed.all_reduce(totals)
-                record["step_losses"] = (steps / process_group.size()).tolist()
+                record["step_losses"] = (steps / dist_group.size()).tolist()
                 loss_sum, images, correct = totals[0].item(), int(totals[1]), int(totals[2])
             seconds = time.perf_counter() - start
             record.update(train_loss=loss_sum / max(images, 1), images=images, seconds=seconds,
@@ -384,6 +384,6 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
     history = log.finish()
-    if process_group is not None:
+    if dist_group is not None:
         torch.distributed.barrier()  # fit returns on every rank once rank 0's files are complete
     return history

@@ -59,7 +59,13 @@ image_size = _number(int, 16)  # the C++ programs' minimum too: smaller inputs v
 
 # torchvision references' --lr-scheduler names, beside torchtl's own.
 _SCHEDULER_ALIASES = {"steplr": "step", "cosineannealinglr": "cosine", "polynomiallr": "poly"}
+# The values of fit's string options (torchtl._C.engine.FIT_CHOICES, which tests/test_fit_options.py
+# holds these to), written out so that --help answers without importing torch.
+TASKS = ("classification", "segmentation")
+MODES = ("scratch", "finetune", "feature_extractor")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("constant", "step", "cosine", "poly")
+AMP = ("off", "fp16", "bf16")
 
 
 def _scheduler(text):
@@ -274,7 +280,7 @@ def cmd_train(args):
 
     # Under torchrun every rank joins the group first and checks the run folder; then rank 0 alone
     # writes map files, config and output lines.
-    group = torchtl.engine._process_group(device)
+    group = torchtl.engine.process_group(device)
     main = group is None or group.rank() == 0
     out = _output_dir(args)
     config_path = os.path.join(out, CONFIG)
@@ -608,7 +614,7 @@ def build_parser():
         p.add_argument("--weights", help="starting weights (traced archive, state dict or checkpoint)")
         if task == "segmentation":
             p.add_argument("--weights-backbone", help="classification weights for the backbone")
-        p.add_argument("--mode", choices=("scratch", "finetune", "feature_extractor"),
+        p.add_argument("--mode", choices=MODES,
                        help="default: finetune with --weights, else scratch")
         if task == "classification":
             p.add_argument("--num-classes", type=positive_int,
@@ -616,7 +622,7 @@ def build_parser():
         else:
             p.add_argument("--num-classes", type=positive_int, required=True, help="21 for PASCAL VOC")
             p.add_argument("--aux-loss", action="store_true", help="add the auxiliary head (loss weight 0.5)")
-        p.add_argument("--opt", "--optimizer", dest="opt", choices=("sgd", "sgd_nesterov", "adam", "adamw"),
+        p.add_argument("--opt", "--optimizer", dest="opt", choices=(*OPTIMIZERS, "sgd_nesterov"),
                        default="sgd", help="optimizer")
         p.add_argument("--momentum", type=nonnegative_float, default=0.9, help="SGD momentum")
         p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=nonnegative_float, default=1e-4,
@@ -638,7 +644,7 @@ def build_parser():
             p.add_argument("--crop-size", type=image_size, default=d["crop_size"], help="training crop")
             p.add_argument("--size", type=image_size, action=_BothSizes,
                            help="--base-size and --crop-size at once")
-        p.add_argument("--amp", nargs="?", const="fp16", default="off", choices=("off", "fp16", "bf16"),
+        p.add_argument("--amp", nargs="?", const="fp16", default="off", choices=AMP,
                        help="mixed precision: bf16 (CUDA, or a CPU with AVX-512 BF16 or AMX) or fp16 (CUDA; "
                             "--amp alone)")
         p.add_argument("--sync-bn", action="store_true",
@@ -651,7 +657,7 @@ def build_parser():
         run_options(p, d)
 
     p = add(sub, "evaluate", cmd_evaluate, "evaluate a checkpoint on a map file or folder with the C++ engine")
-    p.add_argument("task", nargs="?", choices=("classification", "segmentation"),
+    p.add_argument("task", nargs="?", choices=TASKS,
                    help="checked against the checkpoint's config.json")
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a train run (config.json beside it)")
     p.add_argument("--val", required=True, help="map file or folder")
