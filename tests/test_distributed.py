@@ -115,15 +115,19 @@ def assert_same_run(ranks, model, history, epochs, rtol=1e-5):
         assert r["evaluate"]["loss"] == pytest.approx(ranks[0]["evaluate"]["loss"], rel=1e-12)
 
 
+def run_worker(maps, out, *args):
+    """Trains over 2 ranks with distributed_worker.py (ARGS are its options), each rank saving what it
+    ended with to OUT/rank{r}.pt, and returns those."""
+    out.mkdir(exist_ok=True)
+    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
+              str(out), *args])
+    return [torch.load(out / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
+
+
 def test_two_ranks_equal_one_process_with_twice_the_batch_and_resume(maps, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    worker = os.path.join(HERE, "distributed_worker.py")
-    common = ["--train", str(maps[0]), "--val", str(maps[1]), "--out", str(out), "--batch-size", "4"]
     # Each rank is given its own checkpoint dir: only rank 0's may be written to.
     run = tmp_path / "run_rank"
-    torchrun([worker, *common, "--epochs", "2", "--checkpoint-dir", f"{run}{{rank}}"])
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = run_worker(maps, tmp_path / "out", "--batch-size", "4", "--epochs", "2", "--checkpoint-dir", f"{run}{{rank}}")
     model, history, evaluated = single_process(maps, batch_size=8, epochs=2)
     assert_same_run(ranks, model, history, epochs=2)
     assert torch.equal(ranks[0]["evaluate"]["confusion"], evaluated["confusion"])
@@ -136,9 +140,8 @@ def test_two_ranks_equal_one_process_with_twice_the_batch_and_resume(maps, tmp_p
         torch.testing.assert_close(ckpt["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
 
     # Resume: every rank loads rank 0's last.pt and goes on to epoch 3.
-    torchrun([worker, *common, "--epochs", "3", "--checkpoint-dir", f"{run}{{rank}}", "--resume",
-              f"{run}0/last.pt"])
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = run_worker(maps, tmp_path / "out", "--batch-size", "4", "--epochs", "3", "--checkpoint-dir",
+                       f"{run}{{rank}}", "--resume", f"{run}0/last.pt")
     model, history, _ = single_process(maps, batch_size=8, epochs=3)
     # The history continues the run folder's history.json: rank 0's holds epochs 1-2; rank 1 was given a
     # folder of its own (to show it writes nothing), with no earlier history to continue.
@@ -150,12 +153,8 @@ def test_two_ranks_equal_one_process_with_twice_the_batch_and_resume(maps, tmp_p
 
 
 def test_python_twin_with_ddp_matches_the_cpp_loop(maps, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
-              str(out), "--batch-size", "4", "--epochs", "2", "--checkpoint-dir", str(tmp_path / "run"),
-              "--engine", "reference"])
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = run_worker(maps, tmp_path / "out", "--batch-size", "4", "--epochs", "2", "--checkpoint-dir",
+                       str(tmp_path / "run"), "--engine", "reference")
     model, history, _ = single_process(maps, batch_size=8, epochs=2)
     assert_same_run(ranks, model, history, epochs=2, rtol=1e-4)  # the C++ and Python loops agree to 1e-4
     assert {"best.pt", "history.json", "last.pt", "metrics.csv"} <= set(os.listdir(tmp_path / "run"))
@@ -269,12 +268,9 @@ def test_sync_bn_follows_a_model_built_with_sync_batch_norm():
 
 def sync_bn_ranks(maps, tmp_path, task, batch_size, sync_bn, device="cpu"):
     out = tmp_path / ("sync" if sync_bn else "local")
-    out.mkdir()
-    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
-              str(out), "--batch-size", str(batch_size), "--epochs", "1", "--checkpoint-dir", str(out / "run"),
-              "--task", task, "--mode", "finetune", "--lr", "0.01", "--size", "64", "--device", device,
-              *(["--sync-bn"] if sync_bn else [])])
-    return [torch.load(out / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
+    return run_worker(maps, out, "--batch-size", str(batch_size), "--epochs", "1", "--checkpoint-dir", str(out / "run"),
+                      "--task", task, "--mode", "finetune", "--lr", "0.01", "--size", "64", "--device", device,
+                      *(["--sync-bn"] if sync_bn else []))
 
 
 def state_difference(state_dict, model):
@@ -321,12 +317,8 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2 or not torch.distrib
 @pytest.mark.cuda
 @two_gpus
 def test_nccl_two_ranks_equal_one_process_with_twice_the_batch(maps, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    torchrun([os.path.join(HERE, "distributed_worker.py"), "--train", str(maps[0]), "--val", str(maps[1]), "--out",
-              str(out), "--batch-size", "4", "--epochs", "2", "--checkpoint-dir", str(tmp_path / "run"),
-              "--device", "cuda"])
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False, map_location="cpu") for r in range(2)]
+    ranks = run_worker(maps, tmp_path / "out", "--batch-size", "4", "--epochs", "2", "--checkpoint-dir",
+                       str(tmp_path / "run"), "--device", "cuda")
     model, history, _ = single_process(maps, batch_size=8, epochs=2, device="cuda")
     # cuDNN and nccl sum in their own orders: rounding differs more than on the CPU.
     assert_same_run(ranks, model.cpu(), history, epochs=2, rtol=1e-4)
