@@ -399,6 +399,55 @@ def test_loader_collation_error_names_samples(map_file):
         list(data.DataLoader(ds, batch_size=2, num_workers=1, seed=0))
 
 
+def test_decode_device_cpu_gives_the_default_batches(map_file):
+    """decode_device runs a batch at a time through MapDataset.load_on: on the CPU, the same batches."""
+    ds = data.MapDataset(map_file, transform=data.classification_transform(train=True, size=24), seed=3)
+    default = list(data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, seed=1))
+    batched = list(data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, seed=1, decode_device="cpu"))
+    assert len(batched) == len(default) == 3
+    for (x, y), (bx, by) in zip(default, batched):
+        assert torch.equal(x, bx) and torch.equal(y, by)
+
+
+def test_decode_device_names_the_bad_sample_and_skips_only_it(tree, tmp_path):
+    ds = data.MapDataset(_corrupt_map(tree, tmp_path), transform=data.classification_transform(False, 24))
+    it = iter(data.DataLoader(ds, batch_size=2, num_workers=2, seed=0, decode_device="cpu"))
+    assert next(it)[0].shape == (2, 3, 24, 24)
+    with pytest.raises(ValueError, match=r"m.txt', line 4, image '.*bad.jpg': unsupported image format"):
+        next(it)
+    assert next(it)[0].shape == (1, 3, 24, 24)
+    with pytest.warns(data.SkippedSamplesWarning, match="skipped 1 bad sample in epoch 0; first: .*line 4"):
+        batches = list(data.DataLoader(ds, batch_size=2, num_workers=2, seed=0, on_error="skip", decode_device="cpu"))
+    assert [b[0].shape[0] for b in batches] == [2, 1, 1]
+
+
+def test_decode_device_refusals(map_file, tmp_path):
+    seg = data.SegmentationMapDataset(_seg_files(tmp_path), transform=data.segmentation_transform(False, base_size=52))
+    with pytest.raises(ValueError, match="SegmentationMapDataset decodes on the CPU only"):
+        data.DataLoader(seg, decode_device="cpu")
+    ds = data.MapDataset(map_file, transform=data.classification_transform(False, 24))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="decode_device='cuda' but no CUDA device is available"):
+            data.DataLoader(ds, decode_device="cuda")
+
+
+@pytest.mark.cuda
+def test_decode_device_cuda_decodes_each_batch_on_the_gpu(map_file):
+    ds = data.MapDataset(map_file, transform=data.classification_transform(train=True, size=32), seed=3)
+    cpu = list(data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, seed=1))
+    gpu = list(data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, seed=1, decode_device="cuda"))
+    assert len(gpu) == len(cpu)
+    for (x, y), (gx, gy) in zip(cpu, gpu):
+        assert gx.device.type == "cuda" and gy.device.type == "cuda" and gx.shape == x.shape
+        assert torch.equal(gy.cpu(), y)
+        # The same crops and flips; nvJPEG's IDCT and the float resize on CUDA move pixels by a few
+        # levels (one level is 1 / 255 / std, about 0.017 after normalisation).
+        difference = (gx.cpu() - x).abs()
+        assert difference.mean() < 0.02 and difference.max() < 0.25
+    with pytest.raises(ValueError, match="pin_memory pins CPU batches"):
+        data.DataLoader(ds, batch_size=4, pin_memory=True, decode_device="cuda")
+
+
 def test_bad_arguments(map_file):
     ds = data.MapDataset(map_file)
     with pytest.raises(ValueError, match="batch_size"):

@@ -348,15 +348,26 @@ class DataLoader:
     rank shuffles the same way, the order is padded by repeating its start to a multiple of
     ``num_replicas``, and rank r takes every num_replicas-th sample from r, so all ranks take as
     many batches. ``torchtl.engine.fit`` shards an unsharded loader by itself under torch.distributed.
+
+    ``decode_device="cuda"`` (a MapDataset's loader) decodes and transforms each batch on that GPU:
+    the threads read the files, nvJPEG decodes the batch's JPEGs in one call (other formats, and
+    JPEGs that EXIF turns, are decoded on the CPU and copied), the transform runs there, and images
+    and labels come out on the device. Pixels match the CPU's up to nvJPEG's IDCT. Any other device
+    runs the same batch-at-a-time path (``"cpu"`` gives the default loader's batches exactly).
     """
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, num_workers: int = 2,
                  seed: Optional[int] = None, drop_last: bool = False, pin_memory: bool = False,
-                 prefetch_factor: int = 2, on_error: str = "raise", num_replicas: int = 1, rank: int = 0):
+                 prefetch_factor: int = 2, on_error: str = "raise", num_replicas: int = 1, rank: int = 0,
+                 decode_device=None):
         if not isinstance(dataset, _MapDatasetBase):
             raise TypeError(f"DataLoader takes a torchtl MapDataset or SegmentationMapDataset, got {type(dataset).__name__}")
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
+        if decode_device is not None:
+            decode_device = torch.device(decode_device)
+            if decode_device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"decode_device={str(decode_device)!r} but no CUDA device is available")
         if pin_memory and not torch.cuda.is_available():
             warnings.warn("pin_memory=True but no CUDA device is available; batches are not pinned", stacklevel=2)
             pin_memory = False
@@ -365,13 +376,15 @@ class DataLoader:
         self.num_workers = int(num_workers)
         self.seed = seed
         self.pin_memory = bool(pin_memory)
+        self.decode_device = decode_device
         self._skip = _check_on_error(on_error)
         self._args = dict(batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, seed=seed,
                           drop_last=drop_last, pin_memory=self.pin_memory, prefetch_factor=prefetch_factor,
-                          on_error=on_error)
+                          on_error=on_error, decode_device=decode_device)
         self._cpp = _C.data.ThreadedLoader(dataset._cpp, self.batch_size, bool(shuffle), self.num_workers, seed,
                                       bool(drop_last), self.pin_memory, int(prefetch_factor), self._skip,
-                                      int(num_replicas), int(rank))
+                                      int(num_replicas), int(rank),
+                                      None if decode_device is None else str(decode_device))
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.epoch = 0

@@ -80,17 +80,6 @@ py::tuple entry_tuple(const MapEntry& e, bool segmentation) {
   return py::make_tuple(fs_path(e.path), e.label, e.line);
 }
 
-template <typename Dataset>
-ThreadedLoader make_loader(std::shared_ptr<Dataset> ds, const LoaderOptions& options) {
-  auto size = ds->map_file().entries.size();
-  return ThreadedLoader(
-      [ds](size_t index, uint64_t epoch) {
-        auto example = ds->load(index, epoch);
-        return std::vector<torch::Tensor>{example.data, example.target};
-      },
-      [ds](size_t index) { return ds->sample_name(index); }, size, options);
-}
-
 // What MapDataset and SegmentationMapDataset show Python alike, beside their constructors.
 template <typename Dataset>
 void def_map_file_dataset(py::class_<Dataset, std::shared_ptr<Dataset>>& c, bool segmentation) {
@@ -309,7 +298,8 @@ void init_data(py::module_& m) {
   py::class_<ThreadedLoader>(d, "ThreadedLoader")
       .def(py::init([](py::object dataset, int64_t batch_size, bool shuffle, int64_t num_workers,
                        const py::object& seed, bool drop_last, bool pin_memory, int64_t prefetch_factor,
-                       bool skip_errors, int64_t num_replicas, int64_t rank) {
+                       bool skip_errors, int64_t num_replicas, int64_t rank,
+                       const std::optional<std::string>& decode_device) {
              auto options = LoaderOptions()
                                 .batch_size(batch_size)
                                 .shuffle(shuffle)
@@ -321,6 +311,7 @@ void init_data(py::module_& m) {
                                 .skip_errors(skip_errors)
                                 .num_replicas(num_replicas)
                                 .rank(rank);
+             if (decode_device) options.decode_device(torch::Device(*decode_device));
              if (py::isinstance<MapDataset>(dataset)) {
                return make_loader(dataset.cast<std::shared_ptr<MapDataset>>(), options);
              }
@@ -331,7 +322,7 @@ void init_data(py::module_& m) {
            }),
            py::arg("dataset"), py::arg("batch_size"), py::arg("shuffle"), py::arg("num_workers"), py::arg("seed"),
            py::arg("drop_last"), py::arg("pin_memory"), py::arg("prefetch_factor"), py::arg("skip_errors"),
-           py::arg("num_replicas") = 1, py::arg("rank") = 0)
+           py::arg("num_replicas") = 1, py::arg("rank") = 0, py::arg("decode_device") = py::none())
       .def("__len__", &ThreadedLoader::num_batches)
       .def(
           "epoch", [](const ThreadedLoader& self, const py::object& epoch) { return self.epoch(unsigned_arg(epoch, "epoch")); },

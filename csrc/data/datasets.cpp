@@ -21,6 +21,11 @@ auto with_context(const std::string& context, F&& load) -> decltype(load()) {
   }
 }
 
+// "map file 'x', line N, image 'y'": where an image's error happened.
+std::string image_context(const MapFile& map, const MapEntry& entry) {
+  return data::where_in_map_file(map, entry) + ", image '" + printable(entry.path) + "'";
+}
+
 }  // namespace
 
 template <typename Dataset, typename Options>
@@ -49,7 +54,7 @@ std::string MapDataset::sample_name(size_t index) const {
 torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
   check_index(index);
   const auto& entry = map_.entries[index];
-  auto image = with_context(data::where_in_map_file(map_, entry) + ", image '" + printable(entry.path) + "'", [&] {
+  auto image = with_context(image_context(map_, entry), [&] {
     torch::NoGradGuard no_grad;
     auto decoded = decode_rgb(read_file(entry.path));
     if (!options_.transform()) return decoded;
@@ -57,6 +62,40 @@ torch::data::Example<> MapDataset::load(size_t index, uint64_t epoch) const {
     return (*options_.transform())(decoded, generator);
   });
   return {image, torch::tensor(entry.label, torch::kInt64)};
+}
+
+std::vector<torch::data::Example<>> MapDataset::load_on(const std::vector<size_t>& indices, uint64_t epoch,
+                                                        const torch::Device& device) const {
+  std::vector<torch::Tensor> encoded;
+  encoded.reserve(indices.size());
+  for (const auto index : indices) {
+    check_index(index);
+    const auto& entry = map_.entries[index];
+    encoded.push_back(with_context(image_context(map_, entry), [&] { return read_file(entry.path); }));
+  }
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> images;
+  try {
+    images = decode_rgb_on(encoded, device);
+  } catch (...) {
+    // A batch's error does not say which image failed: decoding each alone names it.
+    for (size_t i = 0; i < indices.size(); ++i) {
+      with_context(image_context(map_, map_.entries[indices[i]]), [&] { return decode_rgb_on({encoded[i]}, device); });
+    }
+    throw;
+  }
+  std::vector<torch::data::Example<>> examples;
+  examples.reserve(indices.size());
+  for (size_t i = 0; i < indices.size(); ++i) {
+    const auto& entry = map_.entries[indices[i]];
+    auto image = with_context(image_context(map_, entry), [&] {
+      if (!options_.transform()) return images[i];
+      auto generator = sample_generator(options_.seed(), epoch, indices[i]);
+      return (*options_.transform())(images[i], generator);
+    });
+    examples.push_back({image, torch::tensor(entry.label, torch::kInt64).to(device)});
+  }
+  return examples;
 }
 
 SegmentationMapDataset::SegmentationMapDataset(const std::string& map_file, SegmentationMapDatasetOptions options)

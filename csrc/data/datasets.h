@@ -9,8 +9,10 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "data/loader.h"
 #include "data/map_file.h"
 #include "data/transforms.h"
 
@@ -73,6 +75,11 @@ class MapDataset : public MapFileDataset<MapDataset, MapDatasetOptions> {
   explicit MapDataset(const std::string& map_file, MapDatasetOptions options = {});
 
   torch::data::Example<> load(size_t index, uint64_t epoch) const;
+  // load() for each of `indices`, with the images decoded and transformed on `device` and the
+  // labels put there too: the loader's decode_device, one call per batch, so that on a CUDA
+  // device nvJPEG decodes the batch's JPEGs at once (decode_rgb_on).
+  std::vector<torch::data::Example<>> load_on(const std::vector<size_t>& indices, uint64_t epoch,
+                                              const torch::Device& device) const;
   // "map file 'x', line N" for sample `index`: how loaders name a sample in their own errors.
   std::string sample_name(size_t index) const;
 };
@@ -86,5 +93,32 @@ class SegmentationMapDataset : public MapFileDataset<SegmentationMapDataset, Seg
   // As MapDataset's, naming the mask file too.
   std::string sample_name(size_t index) const;
 };
+
+// torchtl's threaded loader over a MapDataset or SegmentationMapDataset: what torchtl.data.DataLoader
+// and the C++ programs run. With options.decode_device() set, each batch is decoded and transformed
+// on that device by MapDataset::load_on; a SegmentationMapDataset decodes on the CPU only.
+template <typename Dataset>
+ThreadedLoader make_loader(std::shared_ptr<Dataset> dataset, const LoaderOptions& options) {
+  BatchFn load_batch;
+  if (const auto device = options.decode_device()) {
+    if constexpr (std::is_same_v<std::remove_const_t<Dataset>, MapDataset>) {
+      load_batch = [dataset, device = *device](const std::vector<size_t>& indices, uint64_t epoch) {
+        std::vector<std::vector<torch::Tensor>> samples;
+        for (auto& example : dataset->load_on(indices, epoch, device)) samples.push_back({example.data, example.target});
+        return samples;
+      };
+    } else {
+      TORCH_CHECK_VALUE(false, "decode_device=", *device, ": a SegmentationMapDataset decodes on the CPU only (its ",
+                        "transforms crop images and masks together there); leave decode_device unset");
+    }
+  }
+  return ThreadedLoader(
+      [dataset](size_t index, uint64_t epoch) {
+        auto example = dataset->load(index, epoch);
+        return std::vector<torch::Tensor>{example.data, example.target};
+      },
+      [dataset](size_t index) { return dataset->sample_name(index); }, dataset->map_file().entries.size(), options,
+      std::move(load_batch));
+}
 
 }  // namespace torchtl::data

@@ -317,6 +317,56 @@ std::vector<torch::Tensor> decode_jpegs_rgb(const std::vector<torch::Tensor>& da
   return decoders().jpegs_cuda->call(data, static_cast<int64_t>(ReadMode::RGB), device);
 }
 
+int jpeg_exif_orientation(const torch::Tensor& data) {
+  const auto* p = data.data_ptr<uint8_t>();
+  const size_t n = static_cast<size_t>(data.numel());
+  for (size_t at = 2; at + 4 <= n && p[at] == 0xFF;) {
+    const int marker = p[at + 1];
+    const size_t length = (size_t{p[at + 2]} << 8) | p[at + 3];
+    if (marker == 0xDA || length < 2) break;  // start of scan: the metadata is over
+    const auto* s = p + at + 4;
+    const size_t size = std::min(length - 2, n - (at + 4));
+    if (marker == 0xE1 && size >= 14 && std::memcmp(s, "Exif\0\0", 6) == 0) {
+      const auto* tiff = s + 6;
+      const size_t tiff_size = size - 6;
+      const bool little = tiff[0] == 'I';
+      auto u16 = [&](size_t o) -> size_t {
+        return o + 2 > tiff_size ? 0 : little ? tiff[o] | (tiff[o + 1] << 8) : (tiff[o] << 8) | tiff[o + 1];
+      };
+      auto u32 = [&](size_t o) -> size_t { return little ? u16(o) | (u16(o + 2) << 16) : (u16(o) << 16) | u16(o + 2); };
+      const size_t ifd = u32(4);
+      const size_t entries = u16(ifd);
+      for (size_t e = 0; e < entries; ++e) {
+        const size_t entry = ifd + 2 + 12 * e;
+        if (entry + 12 > tiff_size) break;
+        if (u16(entry) == 0x0112) return static_cast<int>(u16(entry + 8));
+      }
+      return 1;
+    }
+    at += 2 + length;
+  }
+  return 1;
+}
+
+std::vector<torch::Tensor> decode_rgb_on(const std::vector<torch::Tensor>& data, const torch::Device& device) {
+  std::vector<torch::Tensor> images(data.size());
+  std::vector<torch::Tensor> jpegs;
+  std::vector<size_t> jpeg_slots;
+  for (size_t i = 0; i < data.size(); ++i) {
+    if (device.is_cuda() && is_jpeg(data[i]) && jpeg_exif_orientation(data[i]) <= 1) {
+      jpegs.push_back(data[i]);
+      jpeg_slots.push_back(i);
+    } else {
+      images[i] = decode_rgb(data[i]).to(device);
+    }
+  }
+  if (!jpegs.empty()) {
+    auto decoded = decode_jpegs_rgb(jpegs, device);
+    for (size_t j = 0; j < decoded.size(); ++j) images[jpeg_slots[j]] = std::move(decoded[j]);
+  }
+  return images;
+}
+
 torch::Tensor decode_mask(const torch::Tensor& data) {
   const auto indices = sniff(data) == Format::PNG && decoders().backend == ImageBackend::TorchCodec
                            ? palette_indices(data)

@@ -51,6 +51,15 @@ torch::Tensor read_image(const std::string& path);
 // A batch of JPEGs decoded on `device` (CUDA, nvJPEG) as decode_rgb decodes each on the CPU.
 std::vector<torch::Tensor> decode_jpegs_rgb(const std::vector<torch::Tensor>& data, const torch::Device& device);
 
+// The orientation (1 to 8) a JPEG's EXIF segment gives, 1 (upright) when it has none: what
+// decode_rgb applies and nvJPEG does not.
+int jpeg_exif_orientation(const torch::Tensor& data);
+
+// decode_rgb's images, decoded on `device`. On a CUDA device the JPEGs among them are decoded in
+// one nvJPEG call (pixels as decode_rgb's up to nvJPEG's IDCT); the other images, and JPEGs whose
+// EXIF orientation turns them (which nvJPEG ignores), are decoded by decode_rgb and copied there.
+std::vector<torch::Tensor> decode_rgb_on(const std::vector<torch::Tensor>& data, const torch::Device& device);
+
 // H x W class indices (uint8, or int32 for 16-bit PNGs), exactly the stored values: palette
 // indices for palette PNGs, gray values for gray PNGs; never colour-converted. Masks that
 // decode to more than one channel throw.

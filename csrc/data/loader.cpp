@@ -76,9 +76,11 @@ std::vector<int64_t> sample_order(size_t dataset_size, const LoaderOptions& opti
   return shard;
 }
 
-LoaderEpoch::LoaderEpoch(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options, uint64_t epoch)
+LoaderEpoch::LoaderEpoch(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options, uint64_t epoch,
+                         BatchFn load_batch)
     : load_(std::move(load)),
       sample_name_(std::move(sample_name)),
+      load_many_(std::move(load_batch)),
       options_(std::move(options)),
       epoch_(epoch),
       num_batches_(count_batches(shard_length(dataset_size, options_), options_)),
@@ -160,21 +162,44 @@ LoaderEpoch::Result LoaderEpoch::load_batch(size_t b) {
   std::vector<int64_t> indices;
   std::vector<std::string> skipped;
   samples.reserve(end - begin);
-  for (size_t k = begin; k < end; ++k) {
-    if (options_.num_workers() > 0) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (stop_) return result;
-    }
-    const auto index = static_cast<size_t>(order_[k]);
+  if (load_many_) {
+    std::vector<size_t> batch(order_.begin() + static_cast<std::ptrdiff_t>(begin),
+                              order_.begin() + static_cast<std::ptrdiff_t>(end));
     try {
-      samples.push_back(load_(index, epoch_));
-      indices.push_back(static_cast<int64_t>(index));
+      samples = load_many_(batch, epoch_);
+      indices.assign(batch.begin(), batch.end());
     } catch (...) {
       if (!options_.skip_errors()) {
         result.error = std::current_exception();
         return result;
       }
-      skipped.push_back(message_of(std::current_exception()));
+      // One sample a call, so that only the samples that fail are left out.
+      for (const auto index : batch) {
+        try {
+          samples.push_back(std::move(load_many_({index}, epoch_).at(0)));
+          indices.push_back(static_cast<int64_t>(index));
+        } catch (...) {
+          skipped.push_back(message_of(std::current_exception()));
+        }
+      }
+    }
+  } else {
+    for (size_t k = begin; k < end; ++k) {
+      if (options_.num_workers() > 0) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stop_) return result;
+      }
+      const auto index = static_cast<size_t>(order_[k]);
+      try {
+        samples.push_back(load_(index, epoch_));
+        indices.push_back(static_cast<int64_t>(index));
+      } catch (...) {
+        if (!options_.skip_errors()) {
+          result.error = std::current_exception();
+          return result;
+        }
+        skipped.push_back(message_of(std::current_exception()));
+      }
     }
   }
   try {
@@ -205,7 +230,11 @@ Batch LoaderEpoch::collate(std::vector<std::vector<torch::Tensor>>& samples, std
     }
     std::vector<int64_t> shape{static_cast<int64_t>(samples.size())};
     shape.insert(shape.end(), first.sizes().begin(), first.sizes().end());
-    auto out = torch::empty(shape, torch::TensorOptions().dtype(first.scalar_type()).pinned_memory(options_.pin_memory()));
+    // On the samples' device: the CPU, or the decode_device.
+    auto out = torch::empty(shape, torch::TensorOptions()
+                                       .dtype(first.scalar_type())
+                                       .device(first.device())
+                                       .pinned_memory(options_.pin_memory() && first.is_cpu()));
     for (size_t s = 0; s < samples.size(); ++s) out[static_cast<int64_t>(s)].copy_(samples[s][f]);
     batch.fields.push_back(std::move(out));
   }
@@ -258,8 +287,13 @@ std::optional<Batch> LoaderEpoch::next() {
   }
 }
 
-ThreadedLoader::ThreadedLoader(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options)
-    : load_(std::move(load)), sample_name_(std::move(sample_name)), dataset_size_(dataset_size), options_(std::move(options)) {
+ThreadedLoader::ThreadedLoader(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options,
+                               BatchFn load_batch)
+    : load_(std::move(load)),
+      sample_name_(std::move(sample_name)),
+      load_batch_(std::move(load_batch)),
+      dataset_size_(dataset_size),
+      options_(std::move(options)) {
   TORCH_CHECK_VALUE(options_.batch_size() > 0, "batch_size must be positive, got ", options_.batch_size());
   TORCH_CHECK_VALUE(options_.num_workers() >= 0 && options_.num_workers() <= kMaxLoaderWorkers,
                     "num_workers must be between 0 and ", kMaxLoaderWorkers, ", got ", options_.num_workers());
@@ -268,6 +302,11 @@ ThreadedLoader::ThreadedLoader(SampleFn load, SampleNameFn sample_name, size_t d
   TORCH_CHECK_VALUE(options_.num_replicas() > 0, "num_replicas must be positive, got ", options_.num_replicas());
   TORCH_CHECK_VALUE(options_.rank() >= 0 && options_.rank() < options_.num_replicas(), "rank must be in [0, ",
                     options_.num_replicas(), "), got ", options_.rank());
+  TORCH_CHECK_VALUE(!options_.decode_device() || load_batch_, "decode_device needs a dataset that decodes a batch on a ",
+                    "device (make_loader over a MapDataset)");
+  TORCH_CHECK_VALUE(!(options_.pin_memory() && options_.decode_device() && !options_.decode_device()->is_cpu()),
+                    "pin_memory pins CPU batches for their copy to the GPU, but with decode_device=",
+                    *options_.decode_device(), " the batches are made there; drop one of them");
 }
 
 size_t ThreadedLoader::shard_size() const { return shard_length(dataset_size_, options_); }
@@ -275,7 +314,7 @@ size_t ThreadedLoader::shard_size() const { return shard_length(dataset_size_, o
 size_t ThreadedLoader::num_batches() const { return count_batches(shard_size(), options_); }
 
 ThreadedLoader ThreadedLoader::with_options(LoaderOptions options) const {
-  return ThreadedLoader(load_, sample_name_, dataset_size_, std::move(options));
+  return ThreadedLoader(load_, sample_name_, dataset_size_, std::move(options), load_batch_);
 }
 
 std::vector<std::vector<int64_t>> ThreadedLoader::batch_indices(uint64_t epoch) const {
@@ -290,7 +329,7 @@ std::vector<std::vector<int64_t>> ThreadedLoader::batch_indices(uint64_t epoch) 
 }
 
 std::unique_ptr<LoaderEpoch> ThreadedLoader::epoch(uint64_t epoch) const {
-  return std::make_unique<LoaderEpoch>(load_, sample_name_, dataset_size_, options_, epoch);
+  return std::make_unique<LoaderEpoch>(load_, sample_name_, dataset_size_, options_, epoch, load_batch_);
 }
 
 }  // namespace torchtl::data

@@ -26,6 +26,10 @@ namespace torchtl::data {
 using SampleFn = std::function<std::vector<torch::Tensor>(size_t index, uint64_t epoch)>;
 // Names sample `index` in collation errors ("map file 'x', line N").
 using SampleNameFn = std::function<std::string(size_t index)>;
+// Loads the samples of one batch at once, each as SampleFn would (a dataset decoding a batch on a
+// GPU); when given, the loader calls it instead of SampleFn. Throws if any sample fails; with
+// skip_errors the loader then loads that batch one sample a call, to leave out only those that fail.
+using BatchFn = std::function<std::vector<std::vector<torch::Tensor>>(const std::vector<size_t>& indices, uint64_t epoch)>;
 
 // More loader threads than this are refused: each one holds a batch in memory, and past a few
 // thousand, thread creation itself fails.
@@ -52,6 +56,10 @@ struct LoaderOptions {
   // with drop_last=False: ranks take the same number of steps). false gives ranks the disjoint,
   // possibly unequal, shards an exact evaluation needs.
   TORCH_ARG(bool, pad_shards) = true;
+  // Decode and transform each batch on this device (make_loader in data/datasets.h), where a CUDA
+  // device decodes the batch's JPEGs in one nvJPEG call; the batches are then on it. Unset: each
+  // sample is decoded and transformed on the CPU by the loader's threads.
+  TORCH_ARG(std::optional<torch::Device>, decode_device) = std::nullopt;
 };
 
 // The order in which an epoch visits the samples: seeded by (seed, epoch) when shuffling, the same
@@ -71,7 +79,8 @@ struct Batch {
 // fork): next() there throws instead of waiting forever.
 class LoaderEpoch {
  public:
-  LoaderEpoch(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options, uint64_t epoch);
+  LoaderEpoch(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options, uint64_t epoch,
+              BatchFn load_batch = nullptr);
   ~LoaderEpoch();
   LoaderEpoch(const LoaderEpoch&) = delete;
   LoaderEpoch& operator=(const LoaderEpoch&) = delete;
@@ -97,6 +106,7 @@ class LoaderEpoch {
 
   SampleFn load_;
   SampleNameFn sample_name_;
+  BatchFn load_many_;
   LoaderOptions options_;
   uint64_t epoch_;
   std::vector<int64_t> order_;
@@ -118,7 +128,8 @@ class LoaderEpoch {
 
 class ThreadedLoader {
  public:
-  ThreadedLoader(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options);
+  ThreadedLoader(SampleFn load, SampleNameFn sample_name, size_t dataset_size, LoaderOptions options,
+                 BatchFn load_batch = nullptr);
   size_t num_batches() const;
   size_t dataset_size() const { return dataset_size_; }
   // The samples this rank's epochs visit (dataset_size() unless sharded).
@@ -136,6 +147,7 @@ class ThreadedLoader {
  private:
   SampleFn load_;
   SampleNameFn sample_name_;
+  BatchFn load_batch_;
   size_t dataset_size_;
   LoaderOptions options_;
 };

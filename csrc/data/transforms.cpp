@@ -75,7 +75,9 @@ torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width, 
   const auto dtype = image.scalar_type();
   bool acceptable = dtype == torch::kFloat32 || dtype == torch::kFloat64;
   if (mode == Interpolation::Nearest) acceptable = acceptable || dtype == torch::kUInt8;
-  else if (native_uint8_bilinear()) acceptable = acceptable || dtype == torch::kUInt8;
+  // As v2: antialiased bilinear takes uint8 natively only on CPUs with the kernel; elsewhere (CUDA
+  // included) it runs in float32 and rounds back.
+  else if (native_uint8_bilinear() && image.is_cpu()) acceptable = acceptable || dtype == torch::kUInt8;
 
   auto x = image.reshape({-1, channels, old_h, old_w});
   // v2's restride of a single channels-last image, which makes interpolate allocate a
@@ -124,8 +126,8 @@ torch::Tensor to_float_normalized(const torch::Tensor& image, const std::vector<
   TORCH_CHECK_VALUE(std::all_of(std.begin(), std.end(), [](double s) { return s != 0.0; }),
                     "normalize: std has a zero, which would divide by zero");
   auto x = image.to(torch::kFloat32).mul_(1.0 / 255.0);
-  auto m = torch::tensor(mean, torch::kFloat32).view({-1, 1, 1});
-  auto s = torch::tensor(std, torch::kFloat32).view({-1, 1, 1});
+  auto m = torch::tensor(mean, torch::kFloat32).view({-1, 1, 1}).to(x.device());
+  auto s = torch::tensor(std, torch::kFloat32).view({-1, 1, 1}).to(x.device());
   return x.sub(m).div_(s);
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "data/datasets.h"
 #include "data/loader.h"
 #include "engine/trainer.h"
 #include "io/weights.h"
@@ -295,18 +296,6 @@ inline int main_of(const char* program, const Options& options, int argc, char**
     std::cerr << program << ": error: " << e.what() << "\n";
   }
   return 1;
-}
-
-// torchtl's threaded loader over a MapDataset or SegmentationMapDataset.
-template <typename Dataset>
-data::ThreadedLoader make_loader(std::shared_ptr<Dataset> dataset, const data::LoaderOptions& options) {
-  const auto size = dataset->map_file().entries.size();
-  return data::ThreadedLoader(
-      [dataset](size_t index, uint64_t epoch) {
-        auto example = dataset->load(index, epoch);
-        return std::vector<torch::Tensor>{example.data, example.target};
-      },
-      [dataset](size_t index) { return dataset->sample_name(index); }, size, options);
 }
 
 inline int64_t count_parameters(const torch::nn::Module& module, bool trainable_only) {

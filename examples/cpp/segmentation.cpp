@@ -116,8 +116,8 @@ int run(const Args& args) {
       args.val, data::SegmentationMapDatasetOptions().transform(eval_transform));
   const auto loader_options = data::LoaderOptions().num_workers(args.workers).seed(static_cast<uint64_t>(args.seed));
   const auto train =
-      examples::make_loader(train_set, data::LoaderOptions(loader_options).batch_size(args.batch_size).shuffle(true));
-  const auto val = examples::make_loader(val_set, data::LoaderOptions(loader_options).batch_size(1));
+      data::make_loader(train_set, data::LoaderOptions(loader_options).batch_size(args.batch_size).shuffle(true));
+  const auto val = data::make_loader(val_set, data::LoaderOptions(loader_options).batch_size(1));
 
   const auto options = examples::fit_options(args, "segmentation", device).aux_weight(0.5).ignore_index(255);
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "

@@ -73,8 +73,8 @@ int run(const Args& args) {
       args.val, data::MapDatasetOptions().transform(eval_transform).num_classes(args.num_classes));
   const auto loader_options =
       data::LoaderOptions().batch_size(args.batch_size).num_workers(args.workers).seed(static_cast<uint64_t>(args.seed));
-  const auto train = examples::make_loader(train_set, data::LoaderOptions(loader_options).shuffle(true));
-  const auto val = examples::make_loader(val_set, loader_options);
+  const auto train = data::make_loader(train_set, data::LoaderOptions(loader_options).shuffle(true));
+  const auto val = data::make_loader(val_set, loader_options);
 
   const auto options =
       examples::fit_options(args, "classification", device).label_smoothing(args.label_smoothing);

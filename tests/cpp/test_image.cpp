@@ -6,6 +6,9 @@
 
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "data/image.h"
 #include "data/map_file.h"
@@ -109,6 +112,43 @@ TORCHTL_TEST(torchcodec_decodes_every_format_without_libpython) {
   EXPECT(bmp.equal(small)) << bmp;
 
   EXPECT(!libpython_mapped()) << "libpython is mapped into this process";
+}
+
+namespace {
+
+// A JPEG's markers up to the start of scan, with an APP1 EXIF segment whose first IFD holds
+// `entries` (tag, value) SHORT entries, in little- or big-endian TIFF order.
+torch::Tensor jpeg_with_exif(bool little, const std::vector<std::pair<int, int>>& entries) {
+  std::string tiff = little ? std::string("II*\0\x08\0\0\0", 8) : std::string("MM\0*\0\0\0\x08", 8);
+  auto u16 = [&](int v) {
+    const char lo = static_cast<char>(v & 0xFF), hi = static_cast<char>(v >> 8);
+    tiff += little ? std::string{lo, hi} : std::string{hi, lo};
+  };
+  u16(static_cast<int>(entries.size()));
+  for (const auto& [tag, value] : entries) {
+    u16(tag);
+    u16(3);  // SHORT
+    u16(little ? 1 : 0);
+    u16(little ? 0 : 1);  // count 1
+    u16(value);
+    u16(0);
+  }
+  std::string app1 = std::string("Exif\0\0", 6) + tiff;
+  const size_t length = app1.size() + 2;
+  std::string bytes = std::string("\xFF\xD8\xFF\xE0\x00\x04\x00\x00\xFF\xE1", 10);
+  bytes += std::string{static_cast<char>(length >> 8), static_cast<char>(length & 0xFF)} + app1 + "\xFF\xDA";
+  return torch::from_blob(bytes.data(), {static_cast<int64_t>(bytes.size())}, torch::kUInt8).clone();
+}
+
+}  // namespace
+
+// What the GPU decode path (decode_rgb_on) reads to send turned JPEGs to the CPU decoder.
+TORCHTL_TEST(jpeg_exif_orientation_reads_both_byte_orders) {
+  EXPECT(data::jpeg_exif_orientation(jpeg_with_exif(true, {{0x010F, 7}, {0x0112, 6}})) == 6);
+  EXPECT(data::jpeg_exif_orientation(jpeg_with_exif(false, {{0x0112, 8}})) == 8);
+  EXPECT(data::jpeg_exif_orientation(jpeg_with_exif(true, {{0x010F, 3}})) == 1);  // no orientation tag
+  auto plain = data::read_file(write_jpeg("plain.jpg", torch::zeros({3, 8, 8}, torch::kUInt8)));
+  EXPECT(data::jpeg_exif_orientation(plain) == 1);
 }
 
 TORCHTL_TEST(bad_bytes_and_missing_files_are_named) {
