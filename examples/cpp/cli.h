@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "data/loader.h"
+#include "engine/distributed.h"
 #include "engine/trainer.h"
 #include "io/weights.h"
 
@@ -230,14 +232,31 @@ inline engine::FitOptions fit_options(const TrainArgs& args, const std::string& 
 }
 
 // The end of a run: names the best epoch by `metric` and the files saved, then evaluates best.pt
-// again on the validation data.
+// again on the validation data. In a data-parallel run rank 0 alone wrote best.pt: it reads it and
+// hands the weights to the other ranks, which need no access to its run folder.
 inline engine::EvalResult evaluate_best(const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& val,
                                         const engine::FitOptions& options, const engine::FitResult& result,
                                         const std::string& metric) {
   const auto best = options.checkpoint_dir() + "/best.pt";
   std::cout << "best validation " << metric << " " << result.best_metric << " after epoch " << result.best_epoch + 1
             << "; saved " << best << " and " << options.checkpoint_dir() << "/last.pt\n";
-  io::load_weights(*model, best);
+  const engine::Distributed distributed(options.process_group(), engine::resolve_device(options.device()));
+  std::exception_ptr failed;
+  if (distributed.is_main_process()) {
+    try {
+      io::load_weights(*model, best);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  }
+  // Every rank learns of rank 0's failure, rather than waiting for its weights forever.
+  if (distributed.any(failed != nullptr)) {
+    if (failed) std::rethrow_exception(failed);
+    throw std::runtime_error("rank 0 could not read " + best);
+  }
+  auto state = model->parameters();
+  for (const auto& b : model->buffers()) state.push_back(b);
+  distributed.broadcast(state);
   return engine::evaluate(model, val, options);
 }
 
