@@ -13,6 +13,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -25,6 +26,19 @@
 #include "io/weights.h"
 
 namespace torchtl::examples {
+
+// `text` as an integer when all of it is one (and it fits int64_t).
+inline std::optional<int64_t> whole_integer(const std::string& text) {
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used != text.size()) return std::nullopt;
+  return value;
+}
 
 // A problem with the command line: reported with the usage text and exit status 2.
 struct UsageError : std::runtime_error {
@@ -133,17 +147,11 @@ class Options {
   }
 
   static int64_t parse_integer(const std::string& option, const std::string& text, int64_t minimum) {
-    size_t used = 0;
-    int64_t value = 0;
-    try {
-      value = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size() || value < minimum) {
+    const auto value = whole_integer(text);
+    if (!value || *value < minimum) {
       throw UsageError(option + " expects an integer >= " + std::to_string(minimum) + ", got '" + text + "'");
     }
-    return value;
+    return *value;
   }
 
   static double parse_real(const std::string& option, const std::string& text, double minimum, bool inclusive) {

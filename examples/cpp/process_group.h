@@ -22,6 +22,8 @@
 #include <streambuf>
 #include <string>
 
+#include "cli.h"
+
 namespace torchtl::examples {
 
 // This process's place in a launch, as torchrun describes it.
@@ -45,16 +47,10 @@ inline std::string required_env(const char* name) {
 }
 
 inline int64_t env_integer(const char* name, const std::string& text, int64_t minimum, int64_t maximum) {
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  TORCH_CHECK_VALUE(used != 0 && used == text.size() && value >= minimum && value <= maximum, "the environment variable ",
-                    name, " must be an integer in [", minimum, ", ", maximum, "], got '", text, "'");
-  return value;
+  const auto value = whole_integer(text);
+  TORCH_CHECK_VALUE(value && *value >= minimum && *value <= maximum, "the environment variable ", name,
+                    " must be an integer in [", minimum, ", ", maximum, "], got '", text, "'");
+  return *value;
 }
 
 // Swallows what is written to it.
