@@ -7,7 +7,7 @@
 //
 //   torchrun --nproc_per_node 2 --no-python transfer_learning --train ... --device cpu
 //
-// Without WORLD_SIZE in the environment a program runs in one process, as before.
+// Without WORLD_SIZE in the environment a program runs in one process.
 #include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
