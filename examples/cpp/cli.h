@@ -6,12 +6,14 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -20,10 +22,24 @@
 
 #include "data/datasets.h"
 #include "data/loader.h"
+#include "engine/distributed.h"
 #include "engine/trainer.h"
 #include "io/weights.h"
 
 namespace torchtl::examples {
+
+// `text` as an integer when all of it is one (and it fits int64_t).
+inline std::optional<int64_t> whole_integer(const std::string& text) {
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used != text.size()) return std::nullopt;
+  return value;
+}
 
 // A problem with the command line: reported with the usage text and exit status 2.
 struct UsageError : std::runtime_error {
@@ -132,17 +148,11 @@ class Options {
   }
 
   static int64_t parse_integer(const std::string& option, const std::string& text, int64_t minimum) {
-    size_t used = 0;
-    int64_t value = 0;
-    try {
-      value = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size() || value < minimum) {
+    const auto value = whole_integer(text);
+    if (!value || *value < minimum) {
       throw UsageError(option + " expects an integer >= " + std::to_string(minimum) + ", got '" + text + "'");
     }
-    return value;
+    return *value;
   }
 
   static double parse_real(const std::string& option, const std::string& text, double minimum, bool inclusive) {
@@ -231,14 +241,31 @@ inline engine::FitOptions fit_options(const TrainArgs& args, const std::string& 
 }
 
 // The end of a run: names the best epoch by `metric` and the files saved, then evaluates best.pt
-// again on the validation data.
+// again on the validation data. In a data-parallel run rank 0 alone wrote best.pt: it reads it and
+// hands the weights to the other ranks, which need no access to its run folder.
 inline engine::EvalResult evaluate_best(const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& val,
                                         const engine::FitOptions& options, const engine::FitResult& result,
                                         const std::string& metric) {
   const auto best = options.checkpoint_dir() + "/best.pt";
   std::cout << "best validation " << metric << " " << result.best_metric << " after epoch " << result.best_epoch + 1
             << "; saved " << best << " and " << options.checkpoint_dir() << "/last.pt\n";
-  io::load_weights(*model, best);
+  const engine::Distributed distributed(options.process_group(), engine::resolve_device(options.device()));
+  std::exception_ptr failed;
+  if (distributed.is_main_process()) {
+    try {
+      io::load_weights(*model, best);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  }
+  // Every rank learns of rank 0's failure, rather than waiting for its weights forever.
+  if (distributed.any(failed != nullptr)) {
+    if (failed) std::rethrow_exception(failed);
+    throw std::runtime_error("rank 0 could not read " + best);
+  }
+  auto state = model->parameters();
+  for (const auto& b : model->buffers()) state.push_back(b);
+  distributed.broadcast(state);
   return engine::evaluate(model, val, options);
 }
 

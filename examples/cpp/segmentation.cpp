@@ -10,11 +10,11 @@
 // best.pt is a state dict torchvision opens: deeplabv3_resnet50(num_classes=21, aux_loss=True).
 #include <torch/torch.h>
 
-#include <chrono>
 #include <iomanip>
 #include <iostream>
 
 #include "cli.h"
+#include "process_group.h"
 #include "data/datasets.h"
 #include "engine/trainer.h"
 #include "io/pretrained.h"
@@ -103,6 +103,9 @@ std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) 
 
 int run(const Args& args) {
   const auto device = engine::resolve_device(args.device);
+  // Under torchrun: this rank's process group; rank 0 alone reports.
+  const auto launch = examples::join_launch(device);
+  const examples::OutputOfRankZero output(launch.rank);
   torch::manual_seed(static_cast<uint64_t>(args.seed));
   auto model = load(args, args.aux_loss);
 
@@ -119,25 +122,23 @@ int run(const Args& args) {
       data::make_loader(train_set, data::LoaderOptions(loader_options).batch_size(args.batch_size).shuffle(true));
   const auto val = data::make_loader(val_set, data::LoaderOptions(loader_options).batch_size(1));
 
-  const auto options = examples::fit_options(args, "segmentation", device).aux_weight(0.5).ignore_index(255);
+  const auto options = examples::fit_options(args, "segmentation", device)
+                           .process_group(launch.group)
+                           .aux_weight(0.5)
+                           .ignore_index(255);
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "
             << val_set->map_file().entries.size() << " validation images, crop " << args.crop_size << " px, batch "
-            << args.batch_size << ", lr " << args.lr << " (" << args.lr_scheduler << "), on " << device << "\n"
+            << args.batch_size << ", lr " << args.lr << " (" << args.lr_scheduler << "), on " << device
+            << examples::processes(launch) << "\n"
             << std::fixed << std::setprecision(4);
 
-  using Clock = std::chrono::steady_clock;
-  auto epoch_start = Clock::now();
-  const auto progress = [&](const engine::Progress& p) {
-    if (p.batch != p.num_batches) return true;
-    const double seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
-    if (p.training) {
-      std::cout << "epoch " << p.epoch + 1 << "/" << p.epochs << "  train loss " << p.loss << "  (" << p.images
-                << " images, " << std::setprecision(1) << seconds << " s)" << std::setprecision(4) << std::endl;
-      epoch_start = Clock::now();
-    }
+  // From the epoch's record: in a data-parallel run, the whole run's images rather than this rank's.
+  const auto epoch_end = [&](const engine::EpochRecord& e) {
+    std::cout << "epoch " << e.epoch + 1 << "/" << args.epochs << "  train loss " << e.train_loss << "  (" << e.images
+              << " images, " << std::setprecision(1) << e.seconds << " s)" << std::setprecision(4) << std::endl;
     return true;
   };
-  const auto result = engine::fit(model, train, &val, options, progress);
+  const auto result = engine::fit(model, train, &val, options, nullptr, epoch_end);
   for (const auto& epoch : result.epochs) {
     std::cout << "epoch " << epoch.epoch + 1 << "  val loss " << epoch.val.loss << "  pixel acc "
               << epoch.val.pixel_accuracy << "  mean IoU " << epoch.val.mean_iou << "\n";

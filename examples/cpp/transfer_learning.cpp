@@ -10,11 +10,11 @@
 // best.pt is a state dict that torchvision opens: resnet18(num_classes=2).load_state_dict(torch.load(...)).
 #include <torch/torch.h>
 
-#include <chrono>
 #include <iomanip>
 #include <iostream>
 
 #include "cli.h"
+#include "process_group.h"
 #include "data/datasets.h"
 #include "engine/trainer.h"
 #include "io/pretrained.h"
@@ -42,6 +42,9 @@ double mb(int64_t n) { return static_cast<double>(n) / 1e6; }
 
 int run(const Args& args) {
   const auto device = engine::resolve_device(args.device);
+  // Under torchrun: this rank's process group; rank 0 alone reports.
+  const auto launch = examples::join_launch(device);
+  const examples::OutputOfRankZero output(launch.rank);
   torch::manual_seed(static_cast<uint64_t>(args.seed));
 
   models::ResNet model(nullptr);
@@ -76,17 +79,16 @@ int run(const Args& args) {
   const auto train = data::make_loader(train_set, data::LoaderOptions(loader_options).shuffle(true));
   const auto val = data::make_loader(val_set, loader_options);
 
-  const auto options =
-      examples::fit_options(args, "classification", device).label_smoothing(args.label_smoothing);
+  const auto options = examples::fit_options(args, "classification", device)
+                           .process_group(launch.group)
+                           .label_smoothing(args.label_smoothing);
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "
             << val_set->map_file().entries.size() << " validation images, " << args.size << " px, batch "
-            << args.batch_size << ", lr " << args.lr << ", on " << device << "\n"
+            << args.batch_size << ", lr " << args.lr << ", on " << device << examples::processes(launch) << "\n"
             << std::fixed << std::setprecision(4);
 
-  using Clock = std::chrono::steady_clock;
-  auto epoch_start = Clock::now();
   bool counted = false;
-  const auto progress = [&](const engine::Progress& p) {
+  const auto progress = [&](const engine::Progress&) {
     if (!counted) {
       // fit() has frozen the backbone by now, in feature_extractor mode.
       std::cout << std::setprecision(2) << mb(examples::count_parameters(*model, true)) << "M of "
@@ -94,18 +96,16 @@ int run(const Args& args) {
                 << std::setprecision(4);
       counted = true;
     }
-    if (p.batch != p.num_batches) return true;
-    const double seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
-    if (p.training) {
-      std::cout << "epoch " << p.epoch + 1 << "/" << p.epochs << "  train loss " << p.loss << "  acc " << p.accuracy
-                << "  (" << p.images << " images, " << std::setprecision(1) << seconds << " s)" << std::setprecision(4);
-    } else {
-      std::cout << "  |  val loss " << p.loss << "  acc " << p.accuracy << std::endl;
-      epoch_start = Clock::now();
-    }
     return true;
   };
-  const auto result = engine::fit(model.ptr(), train, &val, options, progress);
+  // From the epoch's record: in a data-parallel run, the whole run's images rather than this rank's.
+  const auto epoch_end = [&](const engine::EpochRecord& e) {
+    std::cout << "epoch " << e.epoch + 1 << "/" << args.epochs << "  train loss " << e.train_loss << "  acc "
+              << e.train_acc << "  (" << e.images << " images, " << std::setprecision(1) << e.seconds << " s)"
+              << std::setprecision(4) << "  |  val loss " << e.val.loss << "  acc " << e.val.acc1 << std::endl;
+    return true;
+  };
+  const auto result = engine::fit(model.ptr(), train, &val, options, progress, epoch_end);
 
   const auto final_eval = examples::evaluate_best(model.ptr(), val, options, result, "accuracy");
   std::cout << "best.pt on " << args.val << ": loss " << final_eval.loss << "  acc@1 " << final_eval.acc1;
