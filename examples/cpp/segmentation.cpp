@@ -102,9 +102,9 @@ std::shared_ptr<models::SegmentationModelImpl> load(const Args& args, bool aux) 
 }
 
 int run(const Args& args) {
-  const auto device = engine::resolve_device(args.device);
   // Under torchrun: this rank's process group; rank 0 alone reports.
-  const auto launch = examples::join_launch(device);
+  const auto launch = examples::join_launch(engine::resolve_device(args.device));
+  const auto device = launch.device;
   const examples::OutputOfRankZero output(launch.rank);
   torch::manual_seed(static_cast<uint64_t>(args.seed));
   auto model = load(args, args.aux_loss);

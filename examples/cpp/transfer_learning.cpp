@@ -41,9 +41,9 @@ struct Args : examples::TrainArgs {
 double mb(int64_t n) { return static_cast<double>(n) / 1e6; }
 
 int run(const Args& args) {
-  const auto device = engine::resolve_device(args.device);
   // Under torchrun: this rank's process group; rank 0 alone reports.
-  const auto launch = examples::join_launch(device);
+  const auto launch = examples::join_launch(engine::resolve_device(args.device));
+  const auto device = launch.device;
   const examples::OutputOfRankZero output(launch.rank);
   torch::manual_seed(static_cast<uint64_t>(args.seed));
 

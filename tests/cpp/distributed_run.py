@@ -1,12 +1,14 @@
 """A data-parallel run of a C++ training program under torchrun, run by ctest (TORCHTL_TEST_PYTHON):
 
-    distributed_run.py PROGRAM DATA WEIGHTS WORK
+    distributed_run.py PROGRAM DATA WEIGHTS WORK [DEVICE]
 
 PROGRAM (examples/cpp/transfer_learning) trains the head of WEIGHTS (a resnet18 state dict) on DATA
 (make_image_data's train.txt/val.txt) in feature_extractor mode: 2 CPU ranks (gloo) with batch 2, then
 one process with batch 4 and one with batch 2, each in its own folder under WORK. As in
 tests/test_distributed.py: both ranks finish, rank 0 alone reports and writes its run folder, and the
 2 ranks end with the weights of one process with twice the batch (not those of one with the same batch).
+DEVICE cuda runs the ranks on one GPU each, reducing over NCCL; with fewer than 2 GPUs it exits with
+SKIP (77), which ctest reports as skipped.
 """
 import os
 import re
@@ -17,6 +19,7 @@ import sys
 
 import torch
 
+SKIP = 77
 TIMEOUT = 240  # seconds a run may take before the test fails (it never waits forever)
 
 
@@ -34,15 +37,20 @@ def run(cmd, env):
 
 
 def weights(folder):
-    return torch.load(os.path.join(folder, "last.pt"))["model"]
+    return torch.load(os.path.join(folder, "last.pt"), map_location="cpu")["model"]
 
 
-def main(program, data, pretrained, work):
+def main(program, data, pretrained, work, device="cpu"):
+    if device == "cuda" and torch.cuda.device_count() < 2:
+        print("skipped: NCCL data-parallel runs need 2 CUDA devices")
+        sys.exit(SKIP)
+    # cuDNN and NCCL sum in their own orders: rounding differs more than on the CPU.
+    rtol, atol = (1e-4, 1e-5) if device == "cuda" else (1e-5, 1e-6)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     common = ["--train", os.path.join(data, "train.txt"), "--val", os.path.join(data, "val.txt"), "--weights",
               pretrained, "--num-classes", "2", "--mode", "feature_extractor", "--size", "32", "--epochs", "2",
-              "--workers", "1", "--device", "cpu", "--lr", "0.05", "--seed", "3"]
+              "--workers", "1", "--device", device, "--lr", "0.05", "--seed", "3"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                              "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
@@ -66,7 +74,7 @@ def main(program, data, pretrained, work):
     weights_got, weights_want, other = weights(ranks + "0"), weights(single), weights(same_batch)
     assert weights_got.keys() == weights_want.keys()
     for k in weights_got:
-        torch.testing.assert_close(weights_got[k], weights_want[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(weights_got[k], weights_want[k], rtol=rtol, atol=atol, msg=k)
     assert not torch.allclose(weights_got["fc.weight"], other["fc.weight"], rtol=1e-3, atol=1e-4), \
         "2 ranks with batch 2 took the steps of one process with batch 2"
 
@@ -83,6 +91,6 @@ def main(program, data, pretrained, work):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6):
         sys.exit(__doc__)
     main(*sys.argv[1:])
