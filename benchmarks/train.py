@@ -5,7 +5,9 @@ batches) and the same optimizer; the Python twin trains the torchvision model. P
 
 0. the fast path: images/s of torchtl.engine.fit with default options and with amp="bf16", and of
    torch.compile of torchvision's model, each as a ratio to torchvision's default execution (the
-   Python twin with channels_last=False, amp off), resnet18 (batch 16, 128 px);
+   Python twin with channels_last=False, amp off), resnet18 (batch 16, 128 px); then each means on
+   its own, on torchvision's model and a fixed batch (no loader): channels_last, and channels_last
+   with bf16 autocast, as ratios to the contiguous fp32 step;
 1. images/s of one epoch, C++ / Python, both on the fast path: resnet18 (batch 16, 112 px) and deeplabv3_resnet50
    (batch 2, 256 px);
 2. feature_extractor for 15 epochs: C++ with the feature cache vs the Python twin without it,
@@ -119,6 +121,54 @@ def bench_fast_path(device, arch="resnet18", batch=16, size=128, n=96):
         print("  torchtl bf16   n/a (CPU without AVX-512 BF16 or AMX)")
 
 
+def bench_means(device, arch="resnet18", batch=16, size=128, steps=6):
+    """What channels_last and bf16 autocast give torchvision's own model, each on its own: training
+    steps (forward, loss, backward, SGD step) on one fixed batch, after two warm-up steps."""
+    import torchvision
+
+    def images_per_second(channels_last, bf16):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(arch, num_classes=2).to(device)
+        x = torch.randn(batch, 3, size, size, device=device)
+        y = torch.randint(0, 2, (batch,), device=device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+
+        def step():
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        for _ in range(2):
+            step()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        return batch * steps / (time.perf_counter() - start)
+
+    base = images_per_second(False, False)
+    print(f"\nmeans on their own: torchvision {arch} b{batch} {size}px training steps, fixed batch; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"  {'contiguous fp32':<20} {base:8.1f} img/s  1.00x")
+    rows = [("channels_last", True, False)]
+    if device.startswith("cuda") or torchtl.cpu_supports_bf16():
+        rows.append(("channels_last + bf16", True, True))
+    for name, channels_last, bf16 in rows:
+        ips = images_per_second(channels_last, bf16)
+        print(f"  {name:<20} {ips:8.1f} img/s  {ips / base:5.2f}x")
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def bench_loops(device):
     rows = []
     for arch, batch, size, n, task in (("resnet18", 16, 112, 96, "classification"),
@@ -187,6 +237,7 @@ def main():
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
     if args.only in (None, "fast_path"):
         bench_fast_path(args.device)
+        bench_means(args.device)
     if args.only in (None, "loop"):
         bench_loops(args.device)
     if args.only in (None, "feature_extractor"):
