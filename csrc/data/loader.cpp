@@ -1,6 +1,7 @@
 #include "data/loader.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 
 #include <new>
 #include <sstream>
@@ -20,7 +21,10 @@ namespace {
 // OpenMP team of get_num_threads() inside every resize and conversion of every worker: N workers
 // x M intra-op threads on M cores, which measured 50-100x slower per image here under load.
 // (at::in_parallel_region() only consults omp_in_parallel(), so c10::ParallelGuard cannot do it.)
+// ATen sets a thread's team size itself at the thread's first parallel op (its lazy
+// init_num_threads), which would undo ours: at::get_num_threads() runs that first.
 void serial_intra_op() {
+  at::get_num_threads();
   if (omp_set_num_threads) omp_set_num_threads(1);
 }
 
