@@ -8,7 +8,9 @@ built; above 1.00: faster than it):
 - ``torchtl``: ``builder().eval()`` then a plain call on the same contiguous batch (the fast
   path: channels_last inside the C++ forward, batch norm folded);
 - ``torchtl bf16``: the same under ``torch.autocast(device, dtype=torch.bfloat16)`` (CPU: only
-  where ``torchtl.cpu_supports_bf16()``).
+  where ``torchtl.cpu_supports_bf16()``);
+- with ``--means``, each means on its own on torchvision's model: ``tv cl`` (weights and batch in
+  channels_last) and ``tv cl bf16`` (that under bf16 autocast).
 
 Every call runs under ``torch.no_grad()``. Runs are interleaved (each variant once per round) so
 that machine noise hits all alike; each figure is the median over --repeats rounds after warm-up.
@@ -18,6 +20,7 @@ output, and the share of equal top-1 classes (per pixel for segmentation).
     python benchmarks/models.py                                  # CPU, and CUDA when present
     python benchmarks/models.py --archs resnet18 --repeats 5 --device cpu --no-compile
     python benchmarks/models.py --pass train                     # forward+backward, train mode
+    python benchmarks/models.py --means --no-compile             # what channels_last, bf16 give alone
 """
 import argparse
 import os
@@ -77,7 +80,7 @@ def agreement(out, ref):
     return err, top1
 
 
-def compare(arch, device, repeats, train, use_compile, bf16):
+def compare(arch, device, repeats, train, use_compile, bf16, means=False):
     batch, size = SIZES[arch]
     tv, tl = build_pair(arch)
     tv.to(device).train(train), tl.to(device).train(train)
@@ -90,6 +93,13 @@ def compare(arch, device, repeats, train, use_compile, bf16):
     runs["torchtl"] = runner(tl, x, train, device, False)
     if bf16:
         runs["torchtl bf16"] = runner(tl, x, train, device, True)
+    if means:
+        tv_cl = build_pair(arch)[0].to(device).train(train).to(memory_format=torch.channels_last)
+        tv_cl.load_state_dict(tv.state_dict())
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        runs["tv cl"] = runner(tv_cl, x_cl, train, device, False)
+        if bf16:
+            runs["tv cl bf16"] = runner(tv_cl, x_cl, train, device, True)
     ref = None
     checks = {}
     for name, run in runs.items():  # warm-up (and compilation), then the outputs to compare
@@ -117,6 +127,8 @@ def main():
     parser.add_argument("--pass", dest="passes", choices=["eval", "train"], default="eval")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
+    parser.add_argument("--means", action="store_true",
+                        help="add torchvision's model with channels_last, and with channels_last + bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -131,11 +143,14 @@ def main():
              f"{'tl bf16':>8}"
     if not train:
         header += f"  {'err torchtl':>11} {'top1':>6} {'err bf16':>9} {'top1':>6}"
+    if args.means:
+        header += f"  {'tv cl':>8} {'cl bf16':>8}"
     print(header, flush=True)
     for device in devices:
         bf16 = device.type == "cuda" or torchtl.cpu_supports_bf16()
         for arch in args.archs:
-            batch, size, med, checks = compare(arch, device, args.repeats, train, not args.no_compile, bf16)
+            batch, size, med, checks = compare(arch, device, args.repeats, train, not args.no_compile, bf16,
+                                               args.means)
             base = med["torchvision"]
             cell = lambda k: f"{base / med[k]:>7.2f}x" if k in med else f"{'n/a':>8}"  # noqa: E731
             line = (f"{arch:<20} {batch:>5} {size:>4} {device.type:<5} {base:>13.3f} {cell('compile')} "
@@ -144,6 +159,8 @@ def main():
                 for k in ("torchtl", "torchtl bf16"):
                     err, top1 = checks.get(k, (float("nan"), float("nan")))
                     line += f"  {err:>9.1e} {top1:>6.3f}" if k == "torchtl bf16" else f"  {err:>11.1e} {top1:>6.3f}"
+            if args.means:
+                line += f"  {cell('tv cl')} {cell('tv cl bf16')}"
             print(line, flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

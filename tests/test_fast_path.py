@@ -172,6 +172,28 @@ def test_bf16_autocast_reaches_the_cpp_forward():
     assert torch.equal(out.float().argmax(1), expected.argmax(1))
 
 
+@needs_bf16
+def test_alternating_fp32_and_bf16_calls_keep_both_folded_weights():
+    """Each compute dtype keeps its folded, reordered weights: calls that alternate between fp32 and
+    bf16 autocast reorder nothing after the first of each."""
+    tv, m = classification_twins("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+
+    def reorders(bf16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.profiler.profile() as prof:
+                out = m(x)
+        counts = {e.key: e.count for e in prof.key_averages()}
+        return counts.get("mkldnn::_reorder_convolution_weight", 0), out
+
+    assert reorders(False)[0] == 20 and reorders(True)[0] == 20  # the first call of each dtype
+    for bf16 in (False, True, False, True):
+        count, out = reorders(bf16)
+        assert count == 0, f"bf16={bf16}: {count} weights reordered again"
+    with torch.no_grad():
+        assert_close_rel(reorders(False)[1], tv(x), FP32_TOL, "fp32 after bf16")
+
+
 def test_engine_amp_on_the_cpu(cls_map):  # noqa: F811
     m = torchtl.models.resnet18(num_classes=2)
     with pytest.raises(ValueError, match="amp='fp16' needs a CUDA device"):

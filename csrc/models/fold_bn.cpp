@@ -75,32 +75,42 @@ bool runs_on_onednn(const torch::Tensor& x, at::ScalarType dtype, const nn::Conv
 
 }  // namespace
 
+FoldedConvBN::Entry& FoldedConvBN::entry(at::ScalarType dtype) {
+  for (auto& e : entries_) {
+    if (e.dtype == dtype) return e;
+  }
+  entries_.push_back(Entry{dtype});
+  return entries_.back();
+}
+
 torch::Tensor FoldedConvBN::onednn_weight(const std::shared_ptr<const Folded>& folded, nn::Conv2dImpl& conv,
                                           at::IntArrayRef input_size) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (onednn_source_ != folded || input_size != at::IntArrayRef(onednn_input_size_)) {
+  auto& e = entry(folded->dtype);
+  if (e.onednn_source != folded || input_size != at::IntArrayRef(e.onednn_input_size)) {
     torch::NoGradGuard no_grad;
     const auto& padding = std::get<torch::ExpandingArray<2>>(conv.options.padding());
-    onednn_weight_ = onednn_ops()->reorder_weight.call(folded->weight, *padding, *conv.options.stride(),
-                                                       *conv.options.dilation(), conv.options.groups(), input_size);
-    onednn_source_ = folded;
-    onednn_input_size_ = input_size.vec();
+    e.onednn_weight = onednn_ops()->reorder_weight.call(folded->weight, *padding, *conv.options.stride(),
+                                                        *conv.options.dilation(), conv.options.groups(), input_size);
+    e.onednn_source = folded;
+    e.onednn_input_size = input_size.vec();
   }
-  return onednn_weight_;
+  return e.onednn_weight;
 }
 
 std::shared_ptr<const FoldedConvBN::Folded> FoldedConvBN::folded(nn::Conv2dImpl& conv, nn::BatchNorm2dImpl& bn,
                                                                  at::ScalarType dtype) {
   const auto sources = sources_of(conv, bn);
   std::lock_guard<std::mutex> lock(mutex_);
-  if (folded_ && folded_->dtype == dtype && folded_->eps == bn.options.eps()) {
+  auto& e = entry(dtype);
+  if (e.folded && e.folded->eps == bn.options.eps()) {
     bool fresh = true;
     for (size_t i = 0; i < sources.size() && fresh; ++i) {
-      const auto& s = folded_->sources[i];
+      const auto& s = e.folded->sources[i];
       fresh = s.tensor.is_same(sources[i]) &&
               (!s.tensor.defined() || (s.version == s.tensor._version() && s.data == s.tensor.const_data_ptr()));
     }
-    if (fresh) return folded_;
+    if (fresh) return e.folded;
   }
   torch::NoGradGuard no_grad;
   // Fold in the weights' own precision, cast once at the end.
@@ -117,7 +127,7 @@ std::shared_ptr<const FoldedConvBN::Folded> FoldedConvBN::folded(nn::Conv2dImpl&
   if (bn.bias.defined()) shift = shift + bn.bias;
   result->weight = (conv.weight * scale.reshape({-1, 1, 1, 1})).contiguous(torch::MemoryFormat::ChannelsLast).to(dtype);
   result->bias = shift.to(dtype);
-  folded_ = result;
+  e.folded = result;
   return result;
 }
 
@@ -133,9 +143,7 @@ torch::Tensor FoldedConvBN::conv_bn(nn::Conv2dImpl& conv, nn::BatchNorm2dImpl& b
   if (!foldable) {
     if (bn.is_training()) {
       std::lock_guard<std::mutex> lock(mutex_);
-      folded_.reset();
-      onednn_source_.reset();
-      onednn_weight_ = torch::Tensor();
+      entries_.clear();
     }
     auto out = bn.forward(conv.forward(x));
     return relu ? relu->forward(out) : out;

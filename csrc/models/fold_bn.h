@@ -69,10 +69,18 @@ class FoldedConvBN {
                               at::IntArrayRef input_size);
 
   std::mutex mutex_;
-  std::shared_ptr<const Folded> folded_;
-  std::shared_ptr<const Folded> onednn_source_;
-  std::vector<int64_t> onednn_input_size_;
-  torch::Tensor onednn_weight_;
+  // What is kept for one compute dtype: one entry each for fp32 and bf16 (autocast), so that calls
+  // alternating between them do not fold and reorder the weights again every time.
+  struct Entry {
+    at::ScalarType dtype;
+    std::shared_ptr<const Folded> folded;
+    std::shared_ptr<const Folded> onednn_source;  // the Folded that onednn_weight was reordered from
+    std::vector<int64_t> onednn_input_size;
+    torch::Tensor onednn_weight;
+  };
+  // The entry for `dtype`, made empty if there is none; mutex_ must be held.
+  Entry& entry(at::ScalarType dtype);
+  std::vector<Entry> entries_;
 };
 
 }  // namespace torchtl::models
