@@ -42,6 +42,7 @@ bench: build
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/data_loader.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/time_shares.py
 
 clean:
 	rm -rf build torchtl/*.so *.egg-info
