@@ -2,13 +2,13 @@
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
+__all__ = ["augment", "data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
            "WeightsMismatchError", "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"]
 
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
 # loading torch (seconds). The library loads on first use, torch and torchvision always before the
 # extension.
-_SUBMODULES = {"_C", "data", "engine", "fast_path", "models", "reference", "segmentation", "tools",
+_SUBMODULES = {"_C", "augment", "data", "engine", "fast_path", "models", "reference", "segmentation", "tools",
                "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
 _FAST_PATH = {"exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"}

@@ -5,5 +5,6 @@ PYBIND11_MODULE(_C, m) {
   torchtl::bindings::init_models(m);
   torchtl::bindings::init_io(m);
   torchtl::bindings::init_data(m);
+  torchtl::bindings::init_augment(m);
   torchtl::bindings::init_engine(m);
 }
