@@ -195,3 +195,60 @@ def test_classification_preset_options():
         data.classification_transform(True, 24, interpolation="lanczos")
     with pytest.raises(ValueError, match="auto_augment must be"):
         data.classification_transform(True, 24, auto_augment="trivial")
+
+
+def _batch(n=4, c=3, h=10, w=13, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, h, w, generator=g), torch.randint(classes, (n,), generator=g)
+
+
+def test_mixup_and_cutmix_reproduce_v2_draws():
+    images, labels = _batch()
+    probabilities = torch.softmax(torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), -1)
+    for alpha in (1.0, 0.2):
+        for seed in range(12):
+            for ours, ref in ((augment.mixup, v2.MixUp), (augment.cutmix, v2.CutMix)):
+                torch.manual_seed(seed)
+                ei, el = ref(alpha=alpha, num_classes=5)(images, labels)
+                oi, ol = ours(images, labels, alpha, 5, seed=seed)
+                assert torch.equal(oi, ei) and torch.equal(ol, el), (ref.__name__, alpha, seed)
+                torch.manual_seed(seed)
+                ei, el = ref(alpha=alpha)(images, probabilities)  # probability labels, num_classes left out
+                oi, ol = ours(images, probabilities, alpha, seed=seed)
+                assert torch.equal(oi, ei) and torch.equal(ol, el), (ref.__name__, alpha, seed)
+
+
+@pytest.mark.parametrize("mixup_alpha,cutmix_alpha", [(0.2, 1.0), (0.8, 0.0), (0.0, 1.0)])
+def test_mixup_cutmix_choice_matches_references(mixup_alpha, cutmix_alpha):
+    # references/classification/transforms.py get_mixup_cutmix(use_v2=True).
+    choices = []
+    if mixup_alpha > 0:
+        choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=5))
+    if cutmix_alpha > 0:
+        choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=5))
+    ref = v2.RandomChoice(choices)
+    ours = augment.mixup_cutmix(mixup_alpha, cutmix_alpha, num_classes=5)
+    assert ours.enabled and "RandomChoice(" in repr(ours)
+    images, labels = _batch(n=3, h=9, w=9, seed=2)
+    for seed in range(16):
+        torch.manual_seed(seed)
+        ei, el = ref(images, labels)
+        oi, ol = ours(images, labels, seed=seed)
+        assert torch.equal(oi, ei) and torch.equal(ol, el), seed
+
+
+def test_mixup_cutmix_refusals():
+    images, labels = _batch()
+    assert not augment.mixup_cutmix().enabled
+    with pytest.raises(ValueError, match="nothing to apply"):
+        augment.mixup_cutmix()(images, labels)
+    with pytest.raises(ValueError, match="num_classes must be passed"):
+        augment.mixup(images, labels)
+    with pytest.raises(ValueError, match="batch size"):
+        augment.cutmix(images[:3], labels, num_classes=5)
+    with pytest.raises(ValueError, match="4 dims"):
+        augment.cutmix(images[0], labels, num_classes=5)
+    with pytest.raises(ValueError, match="must match num_classes"):
+        augment.mixup(images, torch.zeros(4, 3), num_classes=5)
+    with pytest.raises(ValueError, match=">= 0"):
+        augment.mixup_cutmix(-1.0, 0.0, 5)

@@ -1,9 +1,10 @@
-// The automatic augmentation policies, RandomErasing and their ops, in torchtl._C.data.
+// The automatic augmentation policies, RandomErasing and their ops, and MixUp / CutMix, in torchtl._C.data.
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
 #include "bindings/bindings.h"
 #include "data/auto_augment.h"
+#include "data/mixup_cutmix.h"
 
 namespace py = pybind11;
 
@@ -89,6 +90,43 @@ void init_augment(py::module_& m) {
           },
           py::arg("image"), py::arg("seed") = 0)
       .def("__repr__", &RandomErasing::repr);
+
+  d.def(
+      "mixup",
+      [](const torch::Tensor& images, const torch::Tensor& labels, double alpha, std::optional<int64_t> num_classes,
+         const py::object& seed) {
+        auto generator = seeded(unsigned_arg(seed, "seed"));
+        py::gil_scoped_release no_gil;
+        return mixup(images, labels, alpha, num_classes, generator);
+      },
+      py::arg("images"), py::arg("labels"), py::arg("alpha"), py::arg("num_classes"), py::arg("seed"));
+  d.def(
+      "cutmix",
+      [](const torch::Tensor& images, const torch::Tensor& labels, double alpha, std::optional<int64_t> num_classes,
+         const py::object& seed) {
+        auto generator = seeded(unsigned_arg(seed, "seed"));
+        py::gil_scoped_release no_gil;
+        return cutmix(images, labels, alpha, num_classes, generator);
+      },
+      py::arg("images"), py::arg("labels"), py::arg("alpha"), py::arg("num_classes"), py::arg("seed"));
+
+  py::class_<MixUpCutMix, std::shared_ptr<MixUpCutMix>>(d, "MixUpCutMix")
+      .def(py::init([](double mixup_alpha, double cutmix_alpha, std::optional<int64_t> num_classes) {
+             return std::make_shared<MixUpCutMix>(
+                 MixUpCutMixOptions().mixup_alpha(mixup_alpha).cutmix_alpha(cutmix_alpha).num_classes(num_classes));
+           }),
+           py::arg("mixup_alpha"), py::arg("cutmix_alpha"), py::arg("num_classes"))
+      .def(
+          "__call__",
+          [](const MixUpCutMix& self, const torch::Tensor& images, const torch::Tensor& labels,
+             const py::object& seed) {
+            auto generator = seeded(unsigned_arg(seed, "seed"));
+            py::gil_scoped_release no_gil;
+            return self(images, labels, generator);
+          },
+          py::arg("images"), py::arg("labels"), py::arg("seed") = 0)
+      .def_property_readonly("enabled", &MixUpCutMix::enabled)
+      .def("__repr__", &MixUpCutMix::repr);
 }
 
 }  // namespace torchtl::bindings
