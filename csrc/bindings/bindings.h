@@ -13,6 +13,9 @@ void init_data(pybind11::module_& m);
 void init_engine(pybind11::module_& m);
 // Into the data submodule that init_data made: the automatic augmentation policies and batch mixing.
 void init_augment(pybind11::module_& m);
+// Into the engine (and data) submodules: the references' recipe pieces (EMA, weight-decay groups,
+// schedules, RASampler).
+void init_recipe(pybind11::module_& m);
 
 // A CPU generator seeded as torch.manual_seed(seed) seeds the default one.
 at::Generator seeded(uint64_t seed);

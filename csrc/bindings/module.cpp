@@ -7,4 +7,5 @@ PYBIND11_MODULE(_C, m) {
   torchtl::bindings::init_data(m);
   torchtl::bindings::init_augment(m);
   torchtl::bindings::init_engine(m);
+  torchtl::bindings::init_recipe(m);
 }

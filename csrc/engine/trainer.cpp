@@ -59,6 +59,7 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
                     "samples than batch_size)");
   const auto device = resolve_device(o.device());
   const auto dtype = amp_dtype(o.amp(), device);
+  check_fit_choice("lr_schedule", o.lr_schedule());
   const LRSchedule schedule(ScheduleOptions{o.lr_schedule(), o.epochs(), iters_per_epoch, o.step_size(), o.gamma(), 0.9,
                                             o.warmup_epochs(), 0.01});
 
