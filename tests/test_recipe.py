@@ -207,3 +207,46 @@ def test_ra_sampler_indices_are_the_references():
     assert _C.data.ra_sampler_indices(100, 0, 2, 0) == []  # under 256 samples the references yield none
     with pytest.raises(ValueError, match="rank 2"):
         _C.data.ra_sampler_indices(600, 0, 2, 2)
+
+
+def _one_batch(x, y):
+    # The C++ fit's Python batch source: (iterator factory, batches per epoch, name).
+    return (lambda epoch: iter([(x, y)]), 1, "train")
+
+
+def test_fit_steps_the_references_weight_decay_groups():
+    # One SGD step of the C++ fit with the split against the same step taken by hand on the groups.
+    torch.manual_seed(0)
+    model = torchtl.models.resnet18(num_classes=3)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    twin = torchtl.models.resnet18(num_classes=3)
+    twin.load_state_dict(start)
+    twin.train()
+    with torchtl.exact_mode():
+        F_loss = torch.nn.functional.cross_entropy(twin(x), y)
+    F_loss.backward()
+    lr, wd = 0.5, 0.2
+    _C.engine.fit(model._cpp, _one_batch(x, y), None, None, None, epochs=1, lr=lr, momentum=0.0, weight_decay=wd,
+                  norm_weight_decay=0.0, bias_weight_decay=0.05, device="cpu", channels_last=False)
+    groups = _references_weight_decay(twin, wd, 0.0, 0.05)
+    decay_of = {p.data_ptr(): d for d, ps in groups for p in ps}
+    names = dict(twin.named_parameters())
+    for name, p in names.items():
+        expected = start[name] - lr * (p.grad + decay_of[p.data_ptr()] * start[name])
+        torch.testing.assert_close(model.state_dict()[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="head_lr"):
+        _C.engine.fit(model._cpp, _one_batch(x, y), None, None, None, epochs=1, head_lr=0.1, norm_weight_decay=0.0,
+                      device="cpu")
+
+
+def test_fit_follows_the_warmup_method_and_lr_min():
+    model = torchtl.models.resnet18(num_classes=3)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 2])
+    options = dict(lr_schedule="cosine", epochs=4, warmup_epochs=1, lr_warmup_method="constant", lr_warmup_decay=0.1,
+                   lr_min=0.002)
+    result, _ = _C.engine.fit(model._cpp, _one_batch(x, y), None, None, None, lr=0.05, device="cpu", **options)
+    schedule = _C.engine.LRSchedule("cosine", 4, warmup_epochs=1, warmup_factor=0.1, warmup_method="constant",
+                                    lr_min=0.002)
+    assert [r.lr for r in result.epochs] == pytest.approx([schedule.lr(e, 0.05) for e in range(4)], rel=1e-12)
+    assert result.epochs[0].lr == pytest.approx(0.005) and result.epochs[-1].lr > 0.002

@@ -270,15 +270,6 @@ void aa_check_policy_image(const torch::Tensor& image, const char* name) {
   aa_check_channels(image, name);
 }
 
-const char* aa_interpolation_name(Interpolation mode) {
-  switch (mode) {
-    case Interpolation::Nearest: return "nearest";
-    case Interpolation::Bilinear: return "bilinear";
-    case Interpolation::Bicubic: return "bicubic";
-  }
-  return "?";
-}
-
 }  // namespace
 
 torch::Tensor affine(const torch::Tensor& image, double angle, std::array<double, 2> translate, double scale,
@@ -659,22 +650,22 @@ std::string AutoAugmentTransform::repr() const {
   switch (kind_) {
     case Kind::TrivialAugmentWide:
       out << "TrivialAugmentWide(num_magnitude_bins=" << trivial_.num_magnitude_bins()
-          << ", interpolation=" << aa_interpolation_name(trivial_.interpolation()) << ")";
+          << ", interpolation=" << interpolation_name(trivial_.interpolation()) << ")";
       break;
     case Kind::RandAugment:
       out << "RandAugment(num_ops=" << rand_.num_ops() << ", magnitude=" << rand_.magnitude()
           << ", num_magnitude_bins=" << rand_.num_magnitude_bins()
-          << ", interpolation=" << aa_interpolation_name(rand_.interpolation()) << ")";
+          << ", interpolation=" << interpolation_name(rand_.interpolation()) << ")";
       break;
     case Kind::AutoAugment:
       out << "AutoAugment(policy=" << auto_.policy()
-          << ", interpolation=" << aa_interpolation_name(auto_.interpolation()) << ")";
+          << ", interpolation=" << interpolation_name(auto_.interpolation()) << ")";
       break;
     case Kind::AugMix:
       out << "AugMix(severity=" << mix_.severity() << ", mixture_width=" << mix_.mixture_width()
           << ", chain_depth=" << mix_.chain_depth() << ", alpha=" << mix_.alpha()
           << ", all_ops=" << (mix_.all_ops() ? "True" : "False")
-          << ", interpolation=" << aa_interpolation_name(mix_.interpolation()) << ")";
+          << ", interpolation=" << interpolation_name(mix_.interpolation()) << ")";
       break;
   }
   return out.str();

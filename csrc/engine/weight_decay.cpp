@@ -76,4 +76,31 @@ std::vector<ParamGroup> weight_decay_groups(const torch::nn::Module& model, doub
   return groups;
 }
 
+std::vector<ParamGroup> fit_optimizer_groups(const FitOptions& o, torch::nn::Module& model,
+                                             const std::vector<torch::Tensor>& trainable,
+                                             std::vector<torch::Tensor> body, std::vector<torch::Tensor> head) {
+  const bool split = o.norm_weight_decay() >= 0 || o.bias_weight_decay() >= 0;
+  if (!o.param_groups().empty()) {
+    TORCH_CHECK_VALUE(!split, "norm_weight_decay and bias_weight_decay split the string form's parameters; a ",
+                      "torch.optim optimizer handed over keeps its own groups (build them with the split instead)");
+    return given_optimizer_groups(o.param_groups(), model, trainable);
+  }
+  auto named = named_optimizer_groups(o.optimizer(), o.lr(), o.head_lr(), o.momentum(), o.nesterov(), o.weight_decay(),
+                                      std::move(body), std::move(head));
+  if (!split) return named;
+  TORCH_CHECK_VALUE(o.head_lr() < 0, "head_lr groups the parameters by place and norm_weight_decay/bias_weight_decay ",
+                    "by kind; the references' recipe has no head_lr, so give one or the other");
+  auto like = named.front();
+  auto groups = weight_decay_groups(model, o.weight_decay(),
+                                    o.norm_weight_decay() >= 0 ? std::optional<double>(o.norm_weight_decay()) : std::nullopt,
+                                    o.bias_weight_decay() >= 0 ? std::optional<double>(o.bias_weight_decay()) : std::nullopt,
+                                    like);
+  // The split walks the model; the optimizer must step exactly the trainable parameters.
+  size_t count = 0;
+  for (const auto& g : groups) count += g.params.size();
+  TORCH_CHECK(count == trainable.size(), "weight-decay groups hold ", count, " parameters, fit trains ",
+              trainable.size());
+  return groups;
+}
+
 }  // namespace torchtl::engine

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/optimizer.h"
+#include "engine/options.h"
 
 namespace torchtl::engine {
 
@@ -29,5 +30,12 @@ std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> split_normaliz
 std::vector<ParamGroup> weight_decay_groups(const torch::nn::Module& model, double weight_decay,
                                             std::optional<double> norm_weight_decay,
                                             std::optional<double> bias_weight_decay, const ParamGroup& like = {});
+
+// fit()'s optimizer groups: options.param_groups() as handed over; else, when norm_weight_decay or
+// bias_weight_decay is set (>= 0), weight_decay_groups over the trainable parameters at lr; else
+// `body` at lr and `head` at head_lr. `trainable` are the parameters the optimizer steps.
+std::vector<ParamGroup> fit_optimizer_groups(const FitOptions& options, torch::nn::Module& model,
+                                             const std::vector<torch::Tensor>& trainable,
+                                             std::vector<torch::Tensor> body, std::vector<torch::Tensor> head);
 
 }  // namespace torchtl::engine
