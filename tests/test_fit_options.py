@@ -13,6 +13,9 @@ CPP = _C.engine.FIT_OPTIONS
 # Options that Python derives instead of taking them: the optimizer instance's groups, and
 # torch.distributed's default group.
 DERIVED = {"param_groups", "process_group"}
+# Options the C++ fit takes ahead of the options redesign (issue 25), which generates their Python
+# keywords and command-line flags from the table.
+CPP_ONLY = {"norm_weight_decay", "bias_weight_decay", "lr_warmup_method", "lr_warmup_decay", "lr_min"}
 # Python-only arguments: the logs and the progress display.
 PYTHON_ONLY = {"tensorboard", "progress"}
 # None in Python stands for "the C++ default" (or, for lr/momentum/weight_decay/nesterov, "the
@@ -34,7 +37,7 @@ def _options(function):
 @pytest.mark.parametrize("fit", [torchtl.engine.fit, torchtl.reference.fit], ids=["engine", "reference"])
 def test_fit_signature_matches_the_cpp_options(fit):
     options = _options(fit)
-    assert set(options) == set(CPP) - DERIVED
+    assert set(options) == set(CPP) - DERIVED - CPP_ONLY
     for name, default in options.items():
         expected = PYTHON_DEFAULTS[fit].get(name, None if name in NONE_MEANS_DEFAULT else CPP[name])
         assert default == expected, f"{fit.__module__}.fit: {name}={default!r}, C++ default {CPP[name]!r}"

@@ -2,15 +2,15 @@
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
+__all__ = ["augment", "data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
            "WeightsMismatchError", "save_model", "load_model", "read_model_metadata", "Predictor", "Prediction",
            "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"]
 
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
 # loading torch (seconds). The library loads on first use, torch and torchvision always before the
 # extension.
-_SUBMODULES = {"_C", "data", "engine", "fast_path", "model_file", "models", "reference", "segmentation", "tools",
-               "weights"}
+_SUBMODULES = {"_C", "augment", "data", "engine", "fast_path", "model_file", "models", "reference", "segmentation",
+               "tools", "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
 _FAST_PATH = {"exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"}
 _MODEL_FILE = {"save_model", "load_model", "read_model_metadata"}

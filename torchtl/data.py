@@ -53,6 +53,7 @@ __all__ = [
     "read_jpegs",
     "read_mask",
     "classification_transform",
+    "classification_presets",
     "segmentation_transform",
     "MapDataset",
     "SegmentationMapDataset",
@@ -171,13 +172,22 @@ def classification_transform(
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0),
     hflip_prob: float = 0.5,
+    interpolation: str = "bilinear",
+    auto_augment: Optional[str] = None,
+    ra_magnitude: int = 9,
+    augmix_severity: int = 3,
+    random_erase: float = 0.0,
 ):
     """torchvision references/classification presets, in C++.
 
-    train: ``RandomResizedCrop(size, scale, ratio, antialias=True)``, ``RandomHorizontalFlip(hflip_prob)``;
-    eval: ``Resize(resize_size)`` (default ``size * 256 // 224``), ``CenterCrop(size)``; then
-    ``ToDtype(float32, scale=True)`` and ``Normalize(mean, std)``. Call it on a uint8 3 x H x W
-    tensor: ``t(image, seed=0)``.
+    train (``ClassificationPresetTrain``): ``RandomResizedCrop(size, scale, ratio, interpolation,
+    antialias=True)``, ``RandomHorizontalFlip(hflip_prob)`` (left out at 0), the ``auto_augment``
+    policy (``"ta_wide"``, ``"ra"`` with ``ra_magnitude``, ``"augmix"`` with ``augmix_severity``,
+    ``"imagenet"``; the preset's interpolation), then ``ToDtype(float32, scale=True)``,
+    ``Normalize(mean, std)`` and ``RandomErasing(p=random_erase)`` when ``random_erase > 0``.
+    eval: ``Resize(resize_size, interpolation)`` (default ``size * 256 // 224``), ``CenterCrop(size)``,
+    ``ToDtype``, ``Normalize``. ``interpolation``: ``"bilinear"``, ``"nearest"`` or ``"bicubic"``,
+    as the references' ``--interpolation``. Call it on a uint8 3 x H x W tensor: ``t(image, seed=0)``.
     """
     if resize_size is None:
         resize_size = size * 256 // 224
@@ -190,7 +200,43 @@ def classification_transform(
         scale=[float(s) for s in scale],
         ratio=[float(r) for r in ratio],
         hflip_prob=float(hflip_prob),
+        interpolation=str(interpolation),
+        auto_augment="" if auto_augment is None else str(auto_augment),
+        ra_magnitude=int(ra_magnitude),
+        augmix_severity=int(augmix_severity),
+        random_erase=float(random_erase),
     )
+
+
+def classification_presets(
+    *,
+    train_crop_size: int = 224,
+    val_resize_size: int = 256,
+    val_crop_size: int = 224,
+    interpolation: str = "bilinear",
+    auto_augment: Optional[str] = None,
+    ra_magnitude: int = 9,
+    augmix_severity: int = 3,
+    random_erase: float = 0.0,
+    hflip_prob: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+):
+    """The references' train and validation presets from their flags' names and defaults.
+
+    Returns ``(train_transform, val_transform)`` as torchvision's ``references/classification/train.py``
+    builds them from ``--train-crop-size``, ``--val-resize-size``, ``--val-crop-size``,
+    ``--interpolation``, ``--auto-augment``, ``--ra-magnitude``, ``--augmix-severity`` and
+    ``--random-erase``; see :func:`classification_transform`.
+    """
+    train = classification_transform(
+        True, train_crop_size, mean, std, hflip_prob=hflip_prob, interpolation=interpolation,
+        auto_augment=auto_augment, ra_magnitude=ra_magnitude, augmix_severity=augmix_severity,
+        random_erase=random_erase,
+    )
+    val = classification_transform(False, val_crop_size, mean, std, resize_size=val_resize_size,
+                                   interpolation=interpolation)
+    return train, val
 
 
 def segmentation_transform(

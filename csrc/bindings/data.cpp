@@ -15,11 +15,12 @@
 namespace py = pybind11;
 
 namespace torchtl::bindings {
+
+at::Generator seeded(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
 namespace {
 
 using namespace torchtl::data;
-
-at::Generator seeded(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
 // A path from C++ (bytes, as the file system stores them) as os.fsdecode shows it: bytes that are
 // not UTF-8 become lone surrogates, and os.fsencode (what torchtl.data passes back) restores them.
@@ -43,6 +44,8 @@ py::list messages(const std::vector<std::string>& texts) {
   return out;
 }
 
+}  // namespace
+
 // Seeds and epochs are unsigned 64-bit in C++. Any Python integer comes in, so that a negative or
 // too large one is a ValueError naming the argument, not pybind11's list of signatures.
 uint64_t unsigned_arg(const py::handle& value, const char* name) {
@@ -60,6 +63,8 @@ uint64_t unsigned_arg(const py::handle& value, const char* name) {
   }
   return static_cast<uint64_t>(out);
 }
+
+namespace {
 
 // `text` with the bytes that are not UTF-8 as \xNN: what a c10 error must carry for Python to
 // show it.
@@ -197,7 +202,9 @@ void init_data(py::module_& m) {
 
   py::class_<ClassificationTransform, std::shared_ptr<ClassificationTransform>>(d, "ClassificationTransform")
       .def(py::init([](bool train, int64_t size, int64_t resize_size, std::vector<double> mean, std::vector<double> std,
-                       std::array<double, 2> scale, std::array<double, 2> ratio, double hflip_prob) {
+                       std::array<double, 2> scale, std::array<double, 2> ratio, double hflip_prob,
+                       const std::string& interpolation, std::string auto_augment, int64_t ra_magnitude,
+                       int64_t augmix_severity, double random_erase) {
              return std::make_shared<ClassificationTransform>(ClassificationTransformOptions()
                                                                   .train(train)
                                                                   .size(size)
@@ -206,10 +213,17 @@ void init_data(py::module_& m) {
                                                                   .std(std::move(std))
                                                                   .scale(scale)
                                                                   .ratio(ratio)
-                                                                  .hflip_prob(hflip_prob));
+                                                                  .hflip_prob(hflip_prob)
+                                                                  .interpolation(interpolation_from_name(interpolation))
+                                                                  .auto_augment(std::move(auto_augment))
+                                                                  .ra_magnitude(ra_magnitude)
+                                                                  .augmix_severity(augmix_severity)
+                                                                  .random_erase(random_erase));
            }),
            py::arg("train"), py::arg("size"), py::arg("resize_size"), py::arg("mean"), py::arg("std"),
-           py::arg("scale"), py::arg("ratio"), py::arg("hflip_prob"))
+           py::arg("scale"), py::arg("ratio"), py::arg("hflip_prob"), py::arg("interpolation") = "bilinear",
+           py::arg("auto_augment") = "", py::arg("ra_magnitude") = 9, py::arg("augmix_severity") = 3,
+           py::arg("random_erase") = 0.0)
       .def(
           "__call__",
           [](const ClassificationTransform& self, const torch::Tensor& image, const py::object& seed) {

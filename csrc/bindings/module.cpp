@@ -5,6 +5,8 @@ PYBIND11_MODULE(_C, m) {
   torchtl::bindings::init_models(m);
   torchtl::bindings::init_io(m);
   torchtl::bindings::init_data(m);
+  torchtl::bindings::init_augment(m);
   torchtl::bindings::init_engine(m);
   torchtl::bindings::init_predict(m);
+  torchtl::bindings::init_recipe(m);
 }

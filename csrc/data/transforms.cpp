@@ -1,5 +1,7 @@
 #include "data/transforms.h"
 
+#include "data/auto_augment.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Version.h>
 
@@ -75,9 +77,10 @@ torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width, 
   const auto dtype = image.scalar_type();
   bool acceptable = dtype == torch::kFloat32 || dtype == torch::kFloat64;
   if (mode == Interpolation::Nearest) acceptable = acceptable || dtype == torch::kUInt8;
-  // As v2: antialiased bilinear takes uint8 natively only on CPUs with the kernel; elsewhere (CUDA
-  // included) it runs in float32 and rounds back.
-  else if (native_uint8_bilinear() && image.is_cpu()) acceptable = acceptable || dtype == torch::kUInt8;
+  // As v2: antialiased bilinear takes uint8 natively only on CPUs with the kernel, bicubic on every
+  // CPU; elsewhere (CUDA included) they run in float32 and round back.
+  else if (image.is_cpu() && (mode == Interpolation::Bicubic || native_uint8_bilinear()))
+    acceptable = acceptable || dtype == torch::kUInt8;
 
   auto x = image.reshape({-1, channels, old_h, old_w});
   // v2's restride of a single channels-last image, which makes interpolate allocate a
@@ -90,10 +93,14 @@ torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width, 
   if (!acceptable) x = x.to(torch::kFloat32);
   if (mode == Interpolation::Bilinear) {
     x = at::_upsample_bilinear2d_aa(x, {height, width}, /*align_corners=*/false, std::nullopt, std::nullopt);
+  } else if (mode == Interpolation::Bicubic) {
+    x = at::_upsample_bicubic2d_aa(x, {height, width}, /*align_corners=*/false, std::nullopt, std::nullopt);
   } else {
     x = at::upsample_nearest2d(x, {height, width}, std::nullopt, std::nullopt);
   }
   if (!acceptable) {
+    // Bicubic overshoots the input's range; v2 clamps before rounding back to uint8.
+    if (mode == Interpolation::Bicubic && dtype == torch::kUInt8) x = x.clamp_(0, 255);
     if (!at::isFloatingType(dtype)) x = x.round_();
     x = x.to(dtype);
   }
@@ -175,6 +182,22 @@ at::Generator sample_generator(uint64_t seed, uint64_t epoch, uint64_t index) {
   return at::make_generator<at::CPUGeneratorImpl>(mix_seed(seed, epoch, index));
 }
 
+Interpolation interpolation_from_name(const std::string& name) {
+  if (name == "bilinear") return Interpolation::Bilinear;
+  if (name == "nearest") return Interpolation::Nearest;
+  if (name == "bicubic") return Interpolation::Bicubic;
+  TORCH_CHECK_VALUE(false, "interpolation must be 'bilinear', 'nearest' or 'bicubic', got '", name, "'");
+}
+
+const char* interpolation_name(Interpolation mode) {
+  switch (mode) {
+    case Interpolation::Bilinear: return "bilinear";
+    case Interpolation::Nearest: return "nearest";
+    case Interpolation::Bicubic: return "bicubic";
+  }
+  return "?";
+}
+
 ClassificationTransform::ClassificationTransform(ClassificationTransformOptions options) : options_(std::move(options)) {
   TORCH_CHECK_VALUE(options_.size() > 0, "classification_transform: size must be positive, got ", options_.size());
   TORCH_CHECK_VALUE(options_.resize_size() > 0, "classification_transform: resize_size must be positive, got ",
@@ -185,6 +208,19 @@ ClassificationTransform::ClassificationTransform(ClassificationTransformOptions 
                     "classification_transform: hflip_prob must be in [0, 1], got ", options_.hflip_prob());
   TORCH_CHECK_VALUE(options_.mean().size() == 3 && options_.std().size() == 3,
                     "classification_transform: mean and std need 3 values (RGB)");
+  TORCH_CHECK_VALUE(options_.random_erase() >= 0.0 && options_.random_erase() <= 1.0,
+                    "classification_transform: random_erase must be in [0, 1], got ", options_.random_erase());
+  if (options_.train() && !options_.auto_augment().empty()) {
+    // v2's policies resample with grid_sample, which takes nearest or bilinear only: bicubic would
+    // fail at the first geometric op drawn, so it fails here instead.
+    TORCH_CHECK_VALUE(options_.interpolation() != Interpolation::Bicubic, "classification_transform: auto_augment '",
+                      options_.auto_augment(), "' takes interpolation 'bilinear' or 'nearest' on tensors, not 'bicubic'");
+    auto_augment_ = std::make_shared<const AutoAugmentTransform>(AutoAugmentTransform::from_policy(
+        options_.auto_augment(), options_.interpolation(), options_.ra_magnitude(), options_.augmix_severity()));
+  }
+  if (options_.train() && options_.random_erase() > 0.0) {
+    random_erasing_ = std::make_shared<const RandomErasing>(RandomErasingOptions().p(options_.random_erase()));
+  }
 }
 
 torch::Tensor ClassificationTransform::operator()(const torch::Tensor& image, at::Generator& generator) const {
@@ -194,13 +230,17 @@ torch::Tensor ClassificationTransform::operator()(const torch::Tensor& image, at
   if (o.train()) {
     auto box = random_resized_crop_params(image.size(1), image.size(2), o.scale(), o.ratio(), generator);
     x = image.slice(1, box.top, box.top + box.height).slice(2, box.left, box.left + box.width);
-    x = resize(x, o.size(), o.size());
-    if (flip_draw(generator, o.hflip_prob())) x = x.flip(-1);
+    x = resize(x, o.size(), o.size(), o.interpolation());
+    // The references add RandomHorizontalFlip only when hflip_prob > 0, so p = 0 draws nothing.
+    if (o.hflip_prob() > 0 && flip_draw(generator, o.hflip_prob())) x = x.flip(-1);
+    if (auto_augment_) x = (*auto_augment_)(x, generator);
   } else {
     auto size = resized_size(image.size(1), image.size(2), o.resize_size());
-    x = center_crop(resize(image, size[0], size[1]), o.size(), o.size());
+    x = center_crop(resize(image, size[0], size[1], o.interpolation()), o.size(), o.size());
   }
-  return to_float_normalized(x, o.mean(), o.std());
+  x = to_float_normalized(x, o.mean(), o.std());
+  if (random_erasing_) x = (*random_erasing_)(x, generator);
+  return x;
 }
 
 std::string ClassificationTransform::repr() const {
@@ -209,12 +249,17 @@ std::string ClassificationTransform::repr() const {
   if (o.train()) {
     out << "classification_transform(train=True: RandomResizedCrop(" << o.size() << ", scale=(" << o.scale()[0] << ", "
         << o.scale()[1] << "), ratio=(" << o.ratio()[0] << ", " << o.ratio()[1]
-        << "), antialias=True), RandomHorizontalFlip(p=" << o.hflip_prob() << ")";
+        << "), interpolation=" << interpolation_name(o.interpolation()) << ", antialias=True)";
+    if (o.hflip_prob() > 0) out << ", RandomHorizontalFlip(p=" << o.hflip_prob() << ")";
+    if (auto_augment_) out << ", " << auto_augment_->repr();
   } else {
-    out << "classification_transform(train=False: Resize(" << o.resize_size() << ", antialias=True), CenterCrop("
-        << o.size() << ")";
+    out << "classification_transform(train=False: Resize(" << o.resize_size()
+        << ", interpolation=" << interpolation_name(o.interpolation()) << ", antialias=True), CenterCrop(" << o.size()
+        << ")";
   }
-  out << ", ToDtype(float32, scale=True), Normalize(mean=" << list(o.mean()) << ", std=" << list(o.std()) << "))";
+  out << ", ToDtype(float32, scale=True), Normalize(mean=" << list(o.mean()) << ", std=" << list(o.std()) << ")";
+  if (random_erasing_) out << ", " << random_erasing_->repr();
+  out << ")";
   return out.str();
 }
 

@@ -7,19 +7,20 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace torchtl::data {
 
-enum class Interpolation { Bilinear, Nearest };
+enum class Interpolation { Bilinear, Nearest, Bicubic };
 
 // v2's _compute_resized_output_size for an int size: the shorter side becomes `size`, the longer
 // side keeps the aspect ratio (truncated). Returns {height, width}.
 std::array<int64_t, 2> resized_size(int64_t height, int64_t width, int64_t size);
 
-// v2.functional.resize on a C x H x W tensor (bilinear is antialiased, as v2's default).
+// v2.functional.resize on a C x H x W tensor (bilinear and bicubic are antialiased, as v2's default).
 torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width,
                      Interpolation mode = Interpolation::Bilinear);
 // v2.functional.center_crop, zero-padding when the crop is larger than the image.
@@ -46,9 +47,17 @@ uint64_t mix_seed(uint64_t seed, uint64_t epoch, uint64_t index);
 const std::vector<double>& imagenet_mean();
 const std::vector<double>& imagenet_std();
 
-// torchvision references/classification presets. train: RandomResizedCrop(size) ->
-// RandomHorizontalFlip(hflip_prob) -> ToDtype(float, scale) -> Normalize. eval: Resize(resize_size)
-// -> CenterCrop(size) -> ToDtype(float, scale) -> Normalize.
+// "bilinear", "nearest" or "bicubic" (the references' --interpolation).
+Interpolation interpolation_from_name(const std::string& name);
+const char* interpolation_name(Interpolation mode);
+
+class AutoAugmentTransform;
+class RandomErasing;
+
+// torchvision references/classification presets (ClassificationPresetTrain / Eval on tensors).
+// train: RandomResizedCrop(size, interpolation) -> RandomHorizontalFlip(hflip_prob) -> the
+// auto_augment policy -> ToDtype(float, scale) -> Normalize -> RandomErasing(random_erase).
+// eval: Resize(resize_size, interpolation) -> CenterCrop(size) -> ToDtype(float, scale) -> Normalize.
 struct ClassificationTransformOptions {
   TORCH_ARG(bool, train) = false;
   TORCH_ARG(int64_t, size) = 224;
@@ -58,6 +67,13 @@ struct ClassificationTransformOptions {
   TORCH_ARG(Range, scale) = Range{0.08, 1.0};
   TORCH_ARG(Range, ratio) = Range{3.0 / 4.0, 4.0 / 3.0};
   TORCH_ARG(double, hflip_prob) = 0.5;
+  TORCH_ARG(Interpolation, interpolation) = Interpolation::Bilinear;
+  // The references' --auto-augment: "" (none), "ta_wide", "ra", "augmix" or "imagenet".
+  TORCH_ARG(std::string, auto_augment) = "";
+  TORCH_ARG(int64_t, ra_magnitude) = 9;
+  TORCH_ARG(int64_t, augmix_severity) = 3;
+  // The references' --random-erase: RandomErasing's p; 0 leaves it out.
+  TORCH_ARG(double, random_erase) = 0.0;
 };
 
 class ClassificationTransform {
@@ -70,6 +86,8 @@ class ClassificationTransform {
 
  private:
   ClassificationTransformOptions options_;
+  std::shared_ptr<const AutoAugmentTransform> auto_augment_;  // train with a policy only
+  std::shared_ptr<const RandomErasing> random_erasing_;       // train with random_erase > 0 only
 };
 
 // torchvision references/segmentation presets (their v2 flavour). train: RandomResize(0.5 x base,

@@ -18,8 +18,11 @@ std::unique_ptr<torch::optim::Optimizer> build(const std::vector<ParamGroup>& gr
     out.emplace_back(g.params, std::move(options));
   }
   TORCH_CHECK_VALUE(!out.empty(), "no parameter requires grad: nothing to train");
+  // LibTorch gives a group each field that equals the options' constructor default from the
+  // optimizer's defaults. Defaults that are the constructor's own keep every group as given: with
+  // the first group's, a later group's weight_decay=0 (norm_weight_decay=0) or momentum=0 became
+  // the first group's value.
   Options defaults(groups.front().lr);
-  configure(defaults, groups.front());
   return std::make_unique<Optimizer>(std::move(out), defaults);
 }
 

@@ -28,11 +28,18 @@ namespace torchtl::engine {
   X(double, momentum, 0.9)                                                                              \
   X(bool, nesterov, false)                                                                              \
   X(double, weight_decay, 0.0)                                                                          \
+  /* The references' --norm-weight-decay and --bias-weight-decay (engine/weight_decay.h): the norm      \
+     layers' parameters and every "bias" in groups of their own; negative: weight_decay, one group. */ \
+  X(double, norm_weight_decay, -1.0)                                                                    \
+  X(double, bias_weight_decay, -1.0)                                                                    \
   X(int64_t, epochs, 1)                                                                                 \
   X(std::string, lr_schedule, "constant") /* "constant", "step", "cosine", "poly" */                    \
   X(int64_t, step_size, 7)                                                                              \
   X(double, gamma, 0.1)                                                                                 \
   X(int64_t, warmup_epochs, 0)                                                                          \
+  X(std::string, lr_warmup_method, "linear") /* "linear" (LinearLR) or "constant" (ConstantLR) */       \
+  X(double, lr_warmup_decay, 0.01) /* the warm-up's start factor (linear) or factor (constant) */       \
+  X(double, lr_min, 0.0) /* cosine's eta_min */                                                         \
   X(double, clip_grad_norm, 0.0) /* 0: off */                                                           \
   X(double, label_smoothing, 0.0)                                                                       \
   X(torch::Tensor, class_weights, {}) /* the loss's per-class weights; undefined: none */               \

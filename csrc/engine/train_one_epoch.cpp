@@ -16,11 +16,10 @@ bool train_step(Training& t, const DeviceBatch& batch, const RowNamer& name_row,
                 EpochRecord& record, double& loss_sum, int64_t& correct, const WarningFn& warning) {
   const auto& o = t.options;
   auto& view = t.model;
-  const double factor = t.schedule.factor(state.iteration);
   for (size_t g = 0; g < t.optimizer.param_groups().size(); ++g) {
-    t.optimizer.param_groups()[g].options().set_lr(t.base_lrs[g] * factor);
+    t.optimizer.param_groups()[g].options().set_lr(t.schedule.lr(state.iteration, t.base_lrs[g]));
   }
-  record.lr = t.base_lrs.front() * factor;
+  record.lr = t.schedule.lr(state.iteration, t.base_lrs.front());
   t.optimizer.zero_grad();
   const auto& input = batch.input;
   torch::Tensor loss, logits;

@@ -14,6 +14,7 @@
 #include "engine/schedule.h"
 #include "engine/train_one_epoch.h"
 #include "io/model_file.h"
+#include "engine/weight_decay.h"
 #include "io/weights.h"
 #include "models/fast_path.h"
 
@@ -63,8 +64,9 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
                     "samples than batch_size)");
   const auto device = resolve_device(o.device());
   const auto dtype = amp_dtype(o.amp(), device);
+  check_fit_choice("lr_schedule", o.lr_schedule());
   const LRSchedule schedule(ScheduleOptions{o.lr_schedule(), o.epochs(), iters_per_epoch, o.step_size(), o.gamma(), 0.9,
-                                            o.warmup_epochs(), 0.01});
+                                            o.warmup_epochs(), o.lr_warmup_decay(), o.lr_warmup_method(), o.lr_min()});
 
   // Dropout draws; scratch and finetune differ only in the weights the caller built the model with.
   torch::manual_seed(o.seed());
@@ -89,11 +91,7 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
     params.push_back(item.value());
     (head_params.count(item.value().unsafeGetTensorImpl()) ? head : body).push_back(item.value());
   }
-  auto optimizer = make_optimizer(
-      o.optimizer(), o.param_groups().empty()
-                         ? named_optimizer_groups(o.optimizer(), o.lr(), o.head_lr(), o.momentum(), o.nesterov(),
-                                                  o.weight_decay(), body, head)
-                         : given_optimizer_groups(o.param_groups(), *model, params));
+  auto optimizer = make_optimizer(o.optimizer(), fit_optimizer_groups(o, *model, params, body, head));
   std::vector<double> base_lrs;
   for (const auto& group : optimizer->param_groups()) base_lrs.push_back(group.options().get_lr());
   GradScaler scaler(dtype == at::kHalf, device);
