@@ -213,7 +213,9 @@ def test_ctrl_c_stops_between_batches_and_keeps_last_checkpoint(cls_map, tmp_pat
     finally:
         signal.signal(signal.SIGINT, previous)
     ckpt = torch.load(tmp_path / "last.pt")
-    assert 2 <= ckpt["epoch"] < 50
+    # The Ctrl-C came during epoch 3 (fired[0]): that epoch is not checkpointed, so last.pt holds
+    # epoch 2; one epoch later is allowed for a signal the loaded machine delivers late.
+    assert ckpt["epoch"] in (fired[0] - 1, fired[0]), (ckpt["epoch"], fired)
     assert f"after {ckpt['epoch']} of 50 epochs" in str(stopped.value)
     assert str(tmp_path / "last.pt") in str(stopped.value)
     history = json.loads((tmp_path / "history.json").read_text())

@@ -155,3 +155,38 @@ def test_acc1_and_acc5_match_the_references_accuracy():
     acc1, acc5 = accuracy(output, target, (1, 5))
     assert 0 < acc1 < acc5 < 1, (acc1, acc5)  # a case in which top-1, top-5 and "all" differ
     assert result["acc1"] == pytest.approx(acc1) and result["acc5"] == pytest.approx(acc5)
+
+
+def test_resume_continues_exactly_with_a_schedule_dropout_and_random_augmentation(tmp_path):
+    # Each of these makes a resume differ from the uninterrupted run unless last.pt brings it back:
+    # the lr schedule's position (cosine), the global generator (dropout's masks) and the epoch
+    # (the random crops and flips are drawn from the dataset seed, the epoch and the index).
+    from test_engine import write_classification_set
+
+    map_file = write_classification_set(tmp_path, n_per_class=4, size=20)
+
+    def train_loader():
+        ds = torchtl.data.MapDataset(map_file, transform=torchtl.data.classification_transform(train=True, size=16),
+                                     seed=7)
+        return torchtl.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=1, seed=3)
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+
+    kwargs = dict(optimizer="sgd", lr=0.1, momentum=0.9, lr_schedule="cosine", device="cpu", channels_last=False,
+                  seed=5, tensorboard=False, progress=False)
+    full = net()
+    h_full = torchtl.engine.fit(full, train_loader(), epochs=3, **kwargs)
+    part = net()
+    run = tmp_path / "run"
+    # Stopped during epoch 2 of 3 (as Ctrl-C stops it): last.pt holds epoch 1 of the 3-epoch schedule.
+    stopped = torchtl.engine.fit(part, train_loader(), epochs=3, checkpoint_dir=run,
+                                 **dict(kwargs, progress=lambda p: p["epoch"] < 2))
+    assert stopped["interrupted"] and torch.load(run / "last.pt")["epoch"] == 1
+    resumed = net()
+    h = torchtl.engine.fit(resumed, train_loader(), epochs=3, checkpoint_dir=run, resume=run / "last.pt", **kwargs)
+    assert [e["step_losses"] for e in h["epochs"]] == [e["step_losses"] for e in h_full["epochs"]]
+    for (name, a), b in zip(full.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name
