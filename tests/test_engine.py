@@ -84,6 +84,12 @@ def test_cpp_loop_matches_python_twin_step_by_step(cls_map, recipe):
     atol = 2 * kwargs["lr"] * len(a) if kwargs["optimizer"] == "adamw" else 1e-4
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, sd[k], rtol=1e-3, atol=atol)
+    if kwargs["optimizer"] == "adamw":
+        # Flips are rare (measured: 1e-6 of the elements beyond 1e-5), while training moves about 40% of
+        # them further than that: a weight left untrained, or a step gone astray, shows here.
+        floats = [k for k, v in sd.items() if v.is_floating_point()]
+        diff = torch.cat([(m.state_dict()[k] - sd[k]).abs().flatten() for k in floats])
+        assert (diff > 1e-5).float().mean() < 1e-4, (diff > 1e-5).float().mean()
     if "head_lr" in kwargs:
         assert cpp["epochs"][0]["lr"] == pytest.approx(ref["epochs"][0]["lr"])
 
