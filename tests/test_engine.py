@@ -84,6 +84,12 @@ def test_cpp_loop_matches_python_twin_step_by_step(cls_map, recipe):
     atol = 2 * kwargs["lr"] * len(a) if kwargs["optimizer"] == "adamw" else 1e-4
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, sd[k], rtol=1e-3, atol=atol)
+    if kwargs["optimizer"] == "adamw":
+        # Flips are rare (measured: 1e-6 of the elements beyond 1e-5), while training moves about 40% of
+        # them further than that: a weight left untrained, or a step gone astray, shows here.
+        floats = [k for k, v in sd.items() if v.is_floating_point()]
+        diff = torch.cat([(m.state_dict()[k] - sd[k]).abs().flatten() for k in floats])
+        assert (diff > 1e-5).float().mean() < 1e-4, (diff > 1e-5).float().mean()
     if "head_lr" in kwargs:
         assert cpp["epochs"][0]["lr"] == pytest.approx(ref["epochs"][0]["lr"])
 
@@ -213,7 +219,9 @@ def test_ctrl_c_stops_between_batches_and_keeps_last_checkpoint(cls_map, tmp_pat
     finally:
         signal.signal(signal.SIGINT, previous)
     ckpt = torch.load(tmp_path / "last.pt")
-    assert 2 <= ckpt["epoch"] < 50
+    # The Ctrl-C came during epoch 3 (fired[0]): that epoch is not checkpointed, so last.pt holds
+    # epoch 2; one epoch later is allowed for a signal the loaded machine delivers late.
+    assert ckpt["epoch"] in (fired[0] - 1, fired[0]), (ckpt["epoch"], fired)
     assert f"after {ckpt['epoch']} of 50 epochs" in str(stopped.value)
     assert str(tmp_path / "last.pt") in str(stopped.value)
     history = json.loads((tmp_path / "history.json").read_text())

@@ -157,7 +157,7 @@ def test_sequential_of_cpp_layers_trains_wholly_in_cpp(cls_map):
 
 def test_any_module_runs_its_python_forward_from_the_cpp_loop(cls_map, tmp_path):
     net = TutorialNet()
-    twin = copy.deepcopy(net)
+    twin, initial = copy.deepcopy(net), copy.deepcopy(net)
     kwargs = dict(epochs=2, lr=0.01, device="cpu", progress=False)
     cpp = torchtl.engine.fit(net, loader(cls_map), loader(cls_map, shuffle=False), checkpoint_dir=tmp_path, **kwargs)
     ref = torchtl.reference.fit(twin, loader(cls_map), loader(cls_map, shuffle=False), **kwargs)
@@ -168,6 +168,10 @@ def test_any_module_runs_its_python_forward_from_the_cpp_loop(cls_map, tmp_path)
     resumed = TutorialNet()
     torchtl.engine.fit(resumed, loader(cls_map), epochs=3, lr=0.01, device="cpu", checkpoint_dir=tmp_path,
                        resume=tmp_path / "last.pt", progress=False)
+    # The resumed third epoch started from last.pt's weights and optimizer: it ends where 3 epochs in a row do.
+    torchtl.engine.fit(initial, loader(cls_map), epochs=3, lr=0.01, device="cpu", progress=False)
+    for (name, a), b in zip(initial.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
 
     class DictOut(nn.Module):
         def __init__(self):

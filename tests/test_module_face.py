@@ -90,13 +90,17 @@ def test_seeded_segmentation_initialisation_equals_torchvision(name, aux_loss):
 
 def test_plain_call_runs_cpp_with_root_hooks(forbid_python_forward):
     tv, m = twins()
+    ones = torch.ones(1, 64, 8, 8)
+    with torch.no_grad():
+        expected, expected_layer1 = tv(2 * X), tv.layer1(ones)
     forbid_python_forward()
     seen = []
     m.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
     m.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
     with torch.no_grad():
         out = m(X)
-        assert torch.equal(m.layer1(torch.ones(1, 64, 8, 8)), m.layer1(torch.ones(1, 64, 8, 8)))
+        assert torch.equal(m.layer1(ones), expected_layer1)  # the root's pre-hook is not the layer's
+    assert torch.equal(out, expected)  # C++ ran on the pre-hook's doubled input
     assert seen == [out.shape]
     assert m._tree.mismatch(m) is None
 

@@ -27,11 +27,21 @@ def check_fresh_dir(checkpoint_dir) -> None:
     if not checkpoint_dir:
         return
     found = [name for name in RUN_FILES if os.path.exists(os.path.join(os.fspath(checkpoint_dir), name))]
-    if found:
+    if not found:
+        return  # a killed run's half-written .tmp files alone block nothing: the run removes them
+    last = os.path.join(os.fspath(checkpoint_dir), "last.pt")
+    if "last.pt" in found:
         raise FileExistsError(
             f"checkpoint_dir '{os.fspath(checkpoint_dir)}' already holds an earlier run ({', '.join(found)}); "
-            f"pass resume='{os.path.join(os.fspath(checkpoint_dir), 'last.pt')}' to continue it, or choose another "
-            "checkpoint_dir: a new run does not overwrite an earlier one")
+            f"pass resume='{last}' to continue it, or choose another checkpoint_dir: a new run does not overwrite "
+            "an earlier one")
+    # No last.pt: nothing to resume. fit writes last.pt before best.pt and the logs, so only a run of
+    # an earlier torchtl killed in its first epoch's writes, or a removed last.pt, leaves this.
+    weights = " (best.pt holds that run's best weights: load it with load_state_dict)" if "best.pt" in found else ""
+    raise FileExistsError(
+        f"checkpoint_dir '{os.fspath(checkpoint_dir)}' holds files of an earlier run ({', '.join(found)}) but no "
+        f"last.pt, so that run cannot be resumed. To start a new one, move {', '.join(found)} out of it{weights} "
+        "or choose another checkpoint_dir: a new run does not overwrite an earlier one")
 
 
 def _write_json(path: str, value) -> None:
@@ -175,7 +185,8 @@ class RunLog:
         self.history["interrupted"] = interrupted or interrupted_record is not None
         if interrupted_record is not None:
             self.history["epochs"].append(dict(_plain(interrupted_record), interrupted=True))
-        if self.dir and self.writes:
+        # A run that failed before it made checkpoint_dir has nothing to record there.
+        if self.dir and self.writes and os.path.isdir(self.dir):
             _write_json(os.path.join(self.dir, "history.json"), self.history)
         if self.writer is not None:
             self.writer.close()

@@ -390,6 +390,7 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                    checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
                    resume=os.fspath(resume) if resume else "", seed=int(seed), process_group=group,
                    model_metadata=model_file.fit_metadata(model, train_loader, val_loader))
+    _C.engine.check_fit_options(**options)  # before the run log opens tensorboard/ in checkpoint_dir
     bar = progress if callable(progress) else _Bar(bool(progress) and main)
     log = _runlog.RunLog({"engine": "torchtl", "task": task, "mode": mode, "device": str(device), "feature_cache": False},
                          epochs=int(epochs), checkpoint_dir=checkpoint_dir, resume_epoch=resume_epoch,
@@ -398,8 +399,11 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     try:
         fitted, keyboard_interrupt = _C.engine.fit(cpp, train_src, val_src, lambda p: bar(_progress_dict(p)),
                                                    lambda r: log.epoch_end(_epoch_dict(r, segmentation)), **options)
-    except BaseException:
-        log.finish()
+    except BaseException as error:
+        try:
+            log.finish()
+        except Exception as cleanup:  # the run's own error is the one to see; the log's failure is a note on it
+            error.add_note(f"(writing the run log afterwards failed too: {type(cleanup).__name__}: {cleanup})")
         raise
     finally:
         if isinstance(bar, _Bar):

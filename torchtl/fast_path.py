@@ -8,6 +8,10 @@ convolution whose weights are folded once and refolded only when a weight or buf
 run and restores their layout afterwards. Results differ from torchvision's default execution
 by floating-point rounding only: about 1e-5 relative in fp32 (``tests/test_fast_path.py``).
 
+NaN and infinity come out as in torchvision: oneDNN's convolution with a fused ReLU maps NaN to 0,
+so a CPU model's entry sums its input once (about 0.1-0.6% of a ResNet forward) and runs a batch
+whose sum is not finite in exact mode (``tests/test_nonfinite.py``).
+
 Exact mode runs torchvision's default execution (contiguous fp32, batch norm unfolded), bit for
 bit. Like ``torch.autocast`` it is per thread; the C++ loops run on the calling thread.
 

@@ -19,7 +19,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from torchtl import _C
 from torchtl._module import Model, _Mirror, mirror, wrap
-from torchtl.weights import load_pretrained, read_state_dict
+from torchtl.weights import load_pretrained, read_state_dict, resolve_weights
 
 __all__ = [
     "ResNet",
@@ -187,13 +187,15 @@ def _builder(arch: str):
         weights = legacy_pretrained(kwargs, weights, "pretrained", "weights", getattr(_tv, weights_enum).IMAGENET1K_V1)
         for name, value in fixed.items():
             _ovewrite_named_param(kwargs, name, value)
-        return _resnet(arch, weights, kwargs)
+        return _resnet(arch, resolve_weights(weights, getattr(_tv, weights_enum)), kwargs)
 
     build.__name__ = build.__qualname__ = arch
     build.__doc__ = (
         f"torchvision.models.{arch} in C++.\n\n"
         "Args:\n"
-        "    weights: a torchvision model or WeightsEnum, a state dict, a torch.save path or a traced archive path.\n"
+        "    weights: a torchvision model or WeightsEnum (or its name: \"DEFAULT\", \"IMAGENET1K_V1\",\n"
+        f"        \"{weights_enum}.IMAGENET1K_V1\"; read from torch.hub's cache, never downloaded), a state dict,\n"
+        "        a torch.save path or a traced archive path.\n"
         "    progress: accepted for torchvision compatibility.\n"
         "    **kwargs: torchvision's ResNet arguments: num_classes (defaults to the weights' head, else 1000; a\n"
         "        different size than the weights re-initialises fc only, with a warning), zero_init_residual,\n"

@@ -23,7 +23,7 @@ from torchtl import _C
 from torchtl._module import Model, _Mirror, wrap
 from torchtl.models import _CLASSES as _RESNET_CLASSES
 from torchtl.models import legacy_pretrained
-from torchtl.weights import WeightsMismatchError, load_pretrained, read_state_dict
+from torchtl.weights import WeightsMismatchError, load_pretrained, read_state_dict, resolve_weights
 
 __all__ = ["deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"]
 
@@ -161,7 +161,8 @@ def _builder(kind: str, backbone: str):
             # torchvision accepts and ignores these; torchtl says so instead of ignoring them.
             raise TypeError(f"{kind}_{backbone}() got an unexpected keyword argument '{next(iter(kwargs))}' "
                             f"(torchvision's {tv_builder.__name__} ignores it; torchtl does not ignore arguments)")
-        return _segmentation(kind, backbone, weights, num_classes, aux_loss, weights_backbone)
+        return _segmentation(kind, backbone, resolve_weights(weights, weights_enum), num_classes, aux_loss,
+                             resolve_weights(weights_backbone, backbone_enum))
 
     build.__name__ = build.__qualname__ = f"{kind}_{backbone}"
     build.__doc__ = (

@@ -34,6 +34,50 @@ def _unwrap_checkpoint(mapping: Mapping):
     raise ValueError("expected a state dict (names to tensors) or a checkpoint holding one under 'model' or 'state_dict'")
 
 
+def hub_cached_file(url: str, name: str) -> str:
+    """The file torch.hub keeps for ``url`` (``torch.hub.get_dir()/checkpoints/<file name of the url>``,
+    where ``torch.hub.load_state_dict_from_url`` puts what it downloads), for weights called ``name``.
+
+    torchtl downloads nothing: when the file is not there this raises FileNotFoundError naming the
+    weights, the path looked at, and how to pass a local file instead. For any pretrained weights
+    known by a URL (torchvision's enums, an encoder's ``encoder_weights``).
+    """
+    from urllib.parse import urlparse
+
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+    if os.path.isfile(path):
+        return path
+    raise FileNotFoundError(
+        f"weights {name} are not in torch.hub's cache ({path}), and torchtl downloads nothing. Put the file "
+        f"{url} there (torch.hub.load_state_dict_from_url(url) does it where a network is available), "
+        f"or pass a local file: weights=\"{os.path.basename(path)}\" (any torch.save state dict or traced archive)")
+
+
+def resolve_weights(weights, weights_enum=None):
+    """torchvision's ways of naming weights, resolved without a network, as torchvision resolves them.
+
+    A string naming a member of ``weights_enum`` (the builder's torchvision enum), as
+    ``"IMAGENET1K_V1"``, ``"DEFAULT"`` or ``"ResNet18_Weights.IMAGENET1K_V1"`` (what torchvision's
+    reference scripts pass), is that member; a ``WeightsEnum`` member becomes the path of its file in
+    torch.hub's cache (``hub_cached_file``). Anything else is returned as it is (a module, a state
+    dict, a file path).
+    """
+    try:
+        from torchvision.models import WeightsEnum
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return weights
+    if isinstance(weights, str) and weights_enum is not None:
+        name = weights.removeprefix(weights_enum.__name__ + ".")
+        if name in weights_enum.__members__:
+            weights = weights_enum[name]
+        elif "." in weights and weights.split(".")[0].endswith("_Weights") and not os.path.exists(weights):
+            raise ValueError(f"weights={weights!r}: not a member of {weights_enum.__name__} (these are: "
+                             f"{', '.join(weights_enum.__members__)}), nor a file")
+    if isinstance(weights, WeightsEnum):
+        return hub_cached_file(weights.url, f"{type(weights).__name__}.{weights._name_}")
+    return weights
+
+
 def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
     """Weights from any source torchtl accepts, as an ordered list of (name, tensor).
 
@@ -42,13 +86,8 @@ def read_state_dict(source) -> list[tuple[str, torch.Tensor]]:
     ``torch.save`` file or a ``torch.jit.trace``/``torch.jit.script`` archive. The ``module.``
     prefix of DataParallel/DistributedDataParallel checkpoints is dropped.
     """
-    try:
-        from torchvision.models import WeightsEnum
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        WeightsEnum = ()
-    if WeightsEnum and isinstance(source, WeightsEnum):
-        # torchvision's own weight enums load from the local hub cache (or download, where allowed).
-        source = source.get_state_dict(progress=False)
+    # torchvision's weight enums load from torch.hub's cache, as torchvision does without a network.
+    source = resolve_weights(source)
     if isinstance(source, nn.Module):
         pairs = list(source.state_dict().items())
     elif isinstance(source, Mapping):

@@ -212,6 +212,16 @@ void init_engine(py::module_& m) {
       py::arg("model"), py::arg("train"), py::arg("val"), py::arg("progress"), py::arg("epoch_end"),
       py::kw_only() TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_PY_ARG));
 
+  // fit()'s first check, for Python to make before it opens the run's logs.
+  e.def(
+      "check_fit_options",
+      [](const py::args& positional TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_PARAMETER)) {
+        TORCH_CHECK_TYPE(positional.empty(), "check_fit_options takes keyword arguments only");
+        FitOptions options;
+        TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_SET)
+        engine::check_hyperparameters(options);
+      } TORCHTL_FIT_OPTIONS(TORCHTL_OPTION_PY_ARG));
+
   e.def(
       "evaluate",
       [](const std::shared_ptr<torch::nn::Module>& model, const py::object& loader,

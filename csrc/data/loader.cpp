@@ -117,7 +117,9 @@ void LoaderEpoch::close() {
     // and condition variables still count them (one may hold mutex_; notifying or destroying a
     // condition variable they waited on blocks for good), so they start afresh here, as
     // pthread_atfork child handlers re-initialise their locks.
-    for (auto& worker : workers_) worker.detach();
+    // The std::thread objects are forgotten, not detached: detaching touches the pthread state of
+    // threads that are gone (ESRCH, thrown from the destructor, std::terminate).
+    for (auto& worker : workers_) new (&worker) std::thread();
     workers_.clear();
     new (&mutex_) std::mutex();
     new (&ready_) std::condition_variable();

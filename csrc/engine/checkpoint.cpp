@@ -2,6 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <filesystem>
+
 #include "engine/optimizer.h"
 #include "io/weights.h"
 
@@ -82,6 +84,13 @@ RunState resume_from_checkpoint(const std::string& path, torch::nn::Module& mode
   auto generator = at::detail::getDefaultCPUGenerator();  // a handle on the global generator
   generator.set_state(ckpt.at("rng_state").toTensor());
   return state;
+}
+
+void remove_partial_writes(const std::string& dir) {
+  for (const char* name : {"last.pt", "best.pt", "history.json", "metrics.csv"}) {
+    std::error_code ignored;  // absent is the usual case
+    std::filesystem::remove(std::filesystem::path(dir) / (std::string(name) + ".tmp"), ignored);
+  }
 }
 
 }  // namespace torchtl::engine

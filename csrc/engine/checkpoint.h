@@ -31,4 +31,9 @@ RunState resume_from_checkpoint(const std::string& path, torch::nn::Module& mode
                                 const FitOptions& options, const std::vector<std::string>& names,
                                 const std::vector<torch::Tensor>& params);
 
+// Removes what a killed run left half-written in `dir`: the temporary files that last.pt, best.pt,
+// history.json and metrics.csv are written to before being renamed over their targets (so
+// nothing complete is lost). Called when a run, fresh or resumed, starts writing into `dir`.
+void remove_partial_writes(const std::string& dir);
+
 }  // namespace torchtl::engine

@@ -140,6 +140,14 @@ EpochRecord train_one_epoch(Training& t, const BatchSource& train, int64_t epoch
   loss_sum = totals[0];
   record.images = static_cast<int64_t>(totals[1]);
   correct = static_cast<int64_t>(totals[2]);
+  // Training on nothing is no training: with on_error="skip", a map file whose every image is
+  // unreadable would otherwise "train" every epoch on 0 images and checkpoint the untouched model.
+  TORCH_CHECK_VALUE(record.images > 0 || stopped, "epoch ", epoch + 1, ": no training batch was usable: ",
+                    record.skipped.empty() ? std::string("the training data yielded no sample")
+                                           : c10::str("all ", record.skipped.size(),
+                                                      " samples were skipped by on_error=\"skip\" (the first: ",
+                                                      record.skipped.front(), ")"),
+                    "; nothing was trained");
   record.step_losses = t.distributed.all_reduce_mean(record.step_losses);
   if (!t.feature_extractor) t.distributed.broadcast(model.buffers());
   record.seconds = seconds_since(start);

@@ -27,6 +27,42 @@ torch::Device resolve_device(const std::string& device) {
   return d;
 }
 
+namespace {
+
+// `name` must be a finite number in [low, high] (high_open: [low, high)).
+void check_range(const std::string& name, double value, double low, double high = INFINITY, bool high_open = false) {
+  const bool ok = std::isfinite(value) && value >= low && (high_open ? value < high : value <= high);
+  TORCH_CHECK_VALUE(ok, name, " must be a finite number ", std::isinf(high) ? c10::str(">= ", low)
+                    : c10::str("in [", low, ", ", high, high_open ? ")" : "]"), ", got ", value);
+}
+
+}  // namespace
+
+void check_hyperparameters(const FitOptions& o) {
+  check_range("lr", o.lr(), 0.0);
+  if (!(o.head_lr() < 0)) check_range("head_lr", o.head_lr(), 0.0);  // negative: lr's
+  check_range("momentum", o.momentum(), 0.0);
+  check_range("weight_decay", o.weight_decay(), 0.0);
+  check_range("gamma", o.gamma(), 0.0);
+  TORCH_CHECK_VALUE(o.step_size() > 0, "step_size must be positive, got ", o.step_size());
+  TORCH_CHECK_VALUE(o.warmup_epochs() >= 0, "warmup_epochs must be >= 0, got ", o.warmup_epochs());
+  check_range("clip_grad_norm", o.clip_grad_norm(), 0.0);
+  check_range("label_smoothing", o.label_smoothing(), 0.0, 1.0);
+  check_range("aux_weight", o.aux_weight(), 0.0);
+  for (size_t i = 0; i < o.param_groups().size(); ++i) {
+    const auto& g = o.param_groups()[i];
+    const auto where = c10::str("the optimizer's param group ", i, ": ");
+    check_range(where + "lr", g.lr, 0.0);
+    check_range(where + "momentum", g.momentum, 0.0);
+    check_range(where + "dampening", g.dampening, 0.0);
+    check_range(where + "weight_decay", g.weight_decay, 0.0);
+    check_range(where + "eps", g.eps, 0.0);
+    check_range(where + "betas[0]", g.beta1, 0.0, 1.0, /*high_open=*/true);
+    check_range(where + "betas[1]", g.beta2, 0.0, 1.0, /*high_open=*/true);
+    check_range(where + "alpha", g.alpha, 0.0);
+  }
+}
+
 FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const data::ThreadedLoader& train,
               const data::ThreadedLoader* val, const FitOptions& o, const ProgressFn& progress,
               const EpochEndFn& epoch_end, const WarningFn& warning) {
@@ -39,10 +75,17 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const data::Threa
 FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource& unsharded_train,
               const BatchSource* unsharded_val, const FitOptions& o, const ProgressFn& progress,
               const EpochEndFn& epoch_end, const WarningFn& warning) {
+  check_hyperparameters(o);
   models::ExactModeGuard exact(models::exact_mode() || !o.channels_last());
   // Checked before the first epoch, so bad metadata fails at once rather than at the first best.pt.
   std::optional<io::ModelMetadata> metadata;
   if (!o.model_metadata().empty()) metadata = io::parse_model_metadata(o.model_metadata(), "fit's model_metadata");
+  // best.pt is the model file (weights and, when given, their metadata) a user ships.
+  const auto write_best = [&] {
+    const auto best = o.checkpoint_dir() + "/best.pt";
+    if (metadata) io::save_model_file(io::state_dict(*model), *metadata, best);
+    else io::save_weights(*model, best);
+  };
   ModelParts view(model, o.task());
   // Each rank trains on an equal share and validates on a disjoint one (exact summed metrics).
   const Distributed distributed(o.process_group(), resolve_device(o.device()));
@@ -103,7 +146,13 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
   for (const auto& b : model->buffers()) model_state.push_back(b);
   distributed.broadcast(model_state);
   const bool writes = !o.checkpoint_dir().empty() && distributed.is_main_process();
-  if (writes) std::filesystem::create_directories(o.checkpoint_dir());
+  if (writes) {
+    std::filesystem::create_directories(o.checkpoint_dir());
+    remove_partial_writes(o.checkpoint_dir());
+    // The checkpoint's epoch was the best one: its weights are best.pt's, which a kill between
+    // the two writes may have left unwritten (or at an earlier best epoch).
+    if (state.best_epoch >= 0 && state.best_epoch == state.epochs_done - 1) write_best();
+  }
 
   // feature_extractor + deterministic data: the frozen features of each sample never change.
   const bool use_cache = extract && o.cache_features() && view.resnet != nullptr && train.loader() != nullptr;
@@ -127,6 +176,7 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
       result.epochs.push_back(std::move(record));
       break;
     }
+    bool new_best = false;
     if (val) {
       const double metric = view.segmentation ? record.val.mean_iou : record.val.acc1;
       // Only a finite metric of a finite model can be the best: a NaN neither wins nor blocks later epochs.
@@ -134,15 +184,14 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
       if (std::isfinite(metric) && (no_best || metric > state.best_metric) && view.all_finite()) {
         state.best_metric = metric;
         state.best_epoch = epoch;
-        if (writes) {
-          const auto best = o.checkpoint_dir() + "/best.pt";
-          if (metadata) io::save_model_file(io::state_dict(*model), *metadata, best);
-          else io::save_weights(*model, best);
-        }
+        new_best = true;
       }
     }
     state.epochs_done = epoch + 1;
+    // last.pt before best.pt: a kill between the two leaves a last.pt to resume from, and the
+    // resume rewrites best.pt from it (write_best_after_resume), so no state on disk is a dead end.
     if (writes) write_checkpoint(o.checkpoint_dir() + "/last.pt", *model, *optimizer, o, state, names, params);
+    if (writes && new_best) write_best();
     record.best_metric = state.best_metric;
     record.best_epoch = state.best_epoch;
     const bool keep_going = !distributed.any(epoch_end && !epoch_end(record));

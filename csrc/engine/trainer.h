@@ -69,4 +69,10 @@ EvalResult evaluate(const std::shared_ptr<torch::nn::Module>& model, const data:
 
 torch::Device resolve_device(const std::string& device);
 
+// The hyperparameters (lr, head_lr, momentum, weight_decay, gamma, step_size, warmup_epochs,
+// clip_grad_norm, label_smoothing, aux_weight and every given param group's), each a finite number
+// in its range, in torchtl's words naming the option; fit() checks them before anything runs or is
+// written (LibTorch's optimizers would say "Invalid learning rate: nan" once the run had begun).
+void check_hyperparameters(const FitOptions& o);
+
 }  // namespace torchtl::engine

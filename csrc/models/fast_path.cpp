@@ -1,5 +1,6 @@
 #include "models/fast_path.h"
 
+#include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -10,6 +11,19 @@ namespace torchtl::models {
 
 namespace {
 thread_local bool exact = false;
+// Set while a FiniteInputScope that found its input finite is open on this thread.
+thread_local bool input_checked = false;
+
+bool sums_to_finite(const at::Tensor& x) {
+  at::NoGradGuard no_grad;
+  return at::isfinite(x.sum()).item<bool>();
+}
+
+// The check applies where the fused ReLU can run: a floating-point CPU tensor on the fast path
+// (on CUDA nothing is fused, and a host sync per call would cost).
+bool needs_check(const at::Tensor& x) {
+  return !exact && x.defined() && x.device().is_cpu() && at::isFloatingType(x.scalar_type());
+}
 }  // namespace
 
 bool exact_mode() { return exact; }
@@ -25,6 +39,25 @@ at::Tensor to_caller_layout(const at::Tensor& out, const at::Tensor& input) {
   if (out.dim() != 4 || input.dim() != 4 || input.is_contiguous(at::MemoryFormat::ChannelsLast)) return out;
   return out.contiguous();
 }
+
+FiniteInputScope::FiniteInputScope(const at::Tensor& input) {
+  if (input_checked || !needs_check(input)) return;
+  opened_ = true;
+  previous_exact_ = exact;
+  if (sums_to_finite(input)) {
+    input_checked = true;
+  } else {
+    exact = true;
+  }
+}
+
+FiniteInputScope::~FiniteInputScope() {
+  if (!opened_) return;
+  input_checked = false;
+  exact = previous_exact_;
+}
+
+bool may_fuse_relu(const at::Tensor& x) { return input_checked || !needs_check(x) || sums_to_finite(x); }
 
 bool cpu_supports_bf16() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -41,6 +41,28 @@ at::Tensor to_fast_layout(const at::Tensor& x);
 // `out` in the layout the caller gave `input` in: a contiguous input gets contiguous outputs.
 at::Tensor to_caller_layout(const at::Tensor& out, const at::Tensor& input);
 
+// oneDNN's convolution with a fused ReLU (fold_bn.h) maps NaN to 0, so a batch holding NaN would give
+// finite, plausible outputs where torchvision gives NaN. A model's entry opens this scope over its
+// input: on the CPU fast path it sums the input once (one reduction over a 3-channel batch, far
+// below 1% of a forward), and when the sum is not finite (a NaN or an infinity in the batch, or
+// values so large that the network would overflow) the call runs in exact mode, giving
+// torchvision's result bit for bit. Scopes nest: only the outermost checks.
+class FiniteInputScope {
+ public:
+  explicit FiniteInputScope(const at::Tensor& input);
+  ~FiniteInputScope();
+  FiniteInputScope(const FiniteInputScope&) = delete;
+  FiniteInputScope& operator=(const FiniteInputScope&) = delete;
+
+ private:
+  bool opened_ = false;
+  bool previous_exact_ = false;
+};
+
+// Whether a ReLU may run fused into the convolution of `x`: inside a FiniteInputScope, the scope
+// has checked the input already; a block called on its own (model.layer1(x)) checks `x` here.
+bool may_fuse_relu(const at::Tensor& x);
+
 // Whether this CPU runs bfloat16 convolutions and matrix products natively (AVX-512 BF16 or
 // AMX), where bf16 autocast pays; elsewhere oneDNN emulates it, slower than fp32.
 bool cpu_supports_bf16();

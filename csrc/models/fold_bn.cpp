@@ -153,10 +153,13 @@ torch::Tensor FoldedConvBN::conv_bn(nn::Conv2dImpl& conv, nn::BatchNorm2dImpl& b
   if (runs_on_onednn(x, dtype, conv)) {
     const auto input = x.to(dtype);
     const auto& padding = std::get<torch::ExpandingArray<2>>(conv.options.padding());
-    return onednn_ops()->convolution.call(input, onednn_weight(f, conv, input.sizes()), f->bias, *padding,
-                                          *conv.options.stride(), *conv.options.dilation(), conv.options.groups(),
-                                          relu ? "relu" : "none", c10::List<std::optional<c10::Scalar>>(),
-                                          std::nullopt);
+    // The fused ReLU maps NaN to 0 (fast_path.h): fused only where the input is known finite.
+    const bool fuse_relu = relu && may_fuse_relu(x);
+    auto out = onednn_ops()->convolution.call(input, onednn_weight(f, conv, input.sizes()), f->bias, *padding,
+                                              *conv.options.stride(), *conv.options.dilation(), conv.options.groups(),
+                                              fuse_relu ? "relu" : "none", c10::List<std::optional<c10::Scalar>>(),
+                                              std::nullopt);
+    return relu && !fuse_relu ? relu->forward(out) : out;
   }
   auto out = F::detail::conv2d(x, f->weight, f->bias, conv.options.stride(), conv.options.padding(),
                                conv.options.dilation(), conv.options.groups());

@@ -30,6 +30,7 @@ IntermediateLayerGetterImpl::IntermediateLayerGetterImpl(const std::shared_ptr<t
 
 torch::OrderedDict<std::string, torch::Tensor> IntermediateLayerGetterImpl::forward(torch::Tensor input) {
   torch::OrderedDict<std::string, torch::Tensor> out;
+  FiniteInputScope finite_input(input);
   auto x = to_fast_layout(input);
   const auto layers = children();
   for (size_t i = 0; i < forwards_.size();) {

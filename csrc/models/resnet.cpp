@@ -168,6 +168,7 @@ torch::Tensor ResNetImpl::forward(const torch::Tensor& x) { return forward_head(
 torch::Tensor ResNetImpl::forward_features(const torch::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == conv1->options.in_channels(), "ResNet expects an N x ",
                     conv1->options.in_channels(), " x H x W batch, got shape ", x.sizes());
+  FiniteInputScope finite_input(x);
   auto out = maxpool(fold1_.with_relu(*conv1, bn1, *relu, to_fast_layout(x)));
   out = layer4->forward(layer3->forward(layer2->forward(layer1->forward(out))));
   return torch::flatten(avgpool(out), 1);

@@ -110,6 +110,7 @@ SegmentationModelImpl::SegmentationModelImpl(IntermediateLayerGetter backbone_,
 
 torch::OrderedDict<std::string, torch::Tensor> SegmentationModelImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() == 4, name(), " expects an N x C x H x W batch, got shape ", x.sizes());
+  FiniteInputScope finite_input(x);
   auto out = forward_heads(backbone->forward(to_fast_layout(x)), x.sizes().slice(2));
   for (auto& item : out) item.value() = to_caller_layout(item.value(), x);
   return out;
