@@ -189,7 +189,7 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
     }
     state.epochs_done = epoch + 1;
     // last.pt before best.pt: a kill between the two leaves a last.pt to resume from, and the
-    // resume rewrites best.pt from it (write_best_after_resume), so no state on disk is a dead end.
+    // resume rewrites best.pt from it (at the start of fit), so no state on disk is a dead end.
     if (writes) write_checkpoint(o.checkpoint_dir() + "/last.pt", *model, *optimizer, o, state, names, params);
     if (writes && new_best) write_best();
     record.best_metric = state.best_metric;
