@@ -288,7 +288,8 @@ def test_broken_config_json_is_named(cls_run, capsys, tmp_path):
     run_dir, _ = cls_run
     copy = tmp_path / "run"
     copy.mkdir()
-    (copy / "best.pt").write_bytes((run_dir / "best.pt").read_bytes())
+    # An earlier torchtl's best.pt, a bare state dict: config.json describes it.
+    torch.save(torch.load(run_dir / "best.pt", weights_only=True), copy / "best.pt")
     (copy / "config.json").write_text('{"arch": "resnet18",')
     code, _, err = run(capsys, "predict", "--checkpoint", copy / "best.pt", __file__)
     assert code == 1 and str(copy / "config.json") in err and "not valid JSON" in err

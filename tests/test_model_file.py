@@ -160,11 +160,14 @@ def test_files_that_are_not_model_files(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "random.pt").write_bytes(os.urandom(4096))
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "scripted.pt"))
+    # Each opened as a model, as its metadata, and by the Predictor: the same error.
     for name in ("truncated.pt", "empty.pt", "random.pt", "scripted.pt"):
-        with pytest.raises(ValueError, match=rf"'{re.escape(str(tmp_path / name))}' is not a model file"):
-            torchtl.load_model(tmp_path / name)
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        torchtl.load_model(tmp_path / "missing.pt")
+        for open_it in (torchtl.load_model, torchtl.read_model_metadata, torchtl.Predictor):
+            with pytest.raises(ValueError, match=rf"'{re.escape(str(tmp_path / name))}' is not a model file"):
+                open_it(tmp_path / name)
+    for open_it in (torchtl.load_model, torchtl.Predictor):
+        with pytest.raises(FileNotFoundError, match="missing.pt"):
+            open_it(tmp_path / "missing.pt")
     torch.save({"a": 1}, tmp_path / "not_weights.pt")
     with pytest.raises(ValueError, match="not_weights.pt"):
         torchtl.load_model(tmp_path / "not_weights.pt", arch="resnet18")

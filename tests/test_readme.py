@@ -49,7 +49,10 @@ def test_every_block_says_what_it_is():
     all_blocks = blocks()
     assert all_blocks
     for line, language, _, _ in all_blocks:
-        assert language in ("python", "sh"), f"{line}: a block must be marked python or sh"
+        # cmake, cpp and json blocks are shown, never run (ctest builds the C++ ones, see below).
+        assert language in ("python", "sh", "cmake", "cpp", "json"), f"{line}: a block must be marked python or sh"
+    for line, language, _, reason in all_blocks:
+        assert language in ("python", "sh") or reason, f"{line}: a {language} block is never run: say why"
     ran = [b for b in all_blocks if b[3] is None]
     assert {b[1] for b in ran} == {"python", "sh"}
 
@@ -98,3 +101,17 @@ def test_blocks_run_as_pasted(folder):
     for path in ("train.txt", "train_classes.txt", "val.txt", "runs/ants_bees/best.pt", "runs/ants/best.pt",
                  "runs/ants/config.json", "runs/quick/best.pt", "runs/cli/best.pt"):
         assert (folder / path).is_file(), path
+
+
+def test_the_readme_cpp_blocks_are_the_consumer_that_ctest_builds():
+    """The README's C++ main and CMake lines are examples/cpp/consumer's, which ctest install.consumer builds."""
+    consumer = os.path.join(ROOT, "examples", "cpp", "consumer")
+    by_language = {}
+    for _, language, code, _ in page_blocks("README.md"):
+        by_language.setdefault(language, []).append(code)
+    with open(os.path.join(consumer, "main.cpp")) as f:
+        assert by_language["cpp"] == [f.read()]
+    with open(os.path.join(consumer, "CMakeLists.txt")) as f:
+        cmake = f.read().splitlines()
+    (lines,) = by_language["cmake"]
+    assert all(line in cmake for line in lines.splitlines()), lines

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <regex>
 
 #include "data/image.h"
 #include "data/loader.h"
@@ -30,15 +31,29 @@ std::string ImageSource::describe(size_t index) const {
   return name + " (" + std::to_string(encoded_.numel()) + " encoded bytes)";
 }
 
+namespace {
+
+// A decoder's message without the "function, source_file.cpp:line, " before it, which says nothing
+// to the user about their image.
+std::string decode_reason(const std::string& message) {
+  static const std::regex location(R"(^\w+, \S+:\d+, )");
+  return std::regex_replace(message, location, "");
+}
+
+}  // namespace
+
 torch::Tensor ImageSource::decode(size_t index) const {
-  if (is_path()) return data::read_image(path_);  // its errors name the path
-  TORCH_CHECK_VALUE(encoded_.numel() > 0, describe(index), ": no bytes (an empty image)");
+  const auto bytes = is_path() ? data::read_file(path_) : encoded_;  // a missing file: FileNotFoundError naming it
+  TORCH_CHECK_VALUE(bytes.numel() > 0, describe(index), ": the file is empty (0 bytes)");
   try {
-    return data::decode_rgb(encoded_);
-  } catch (const c10::ValueError& e) {
-    TORCH_CHECK_VALUE(false, describe(index), ": ", e.what_without_backtrace());
+    return data::decode_rgb(bytes);
   } catch (const c10::Error& e) {
-    TORCH_CHECK(false, describe(index), ": ", e.what_without_backtrace());
+    // Whatever the decoder says (unsupported format, truncated data), the image is at fault.
+    TORCH_CHECK_VALUE(false, describe(index), ": cannot decode it: ", decode_reason(e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    // TorchCodec's and torchvision's decoders are built on torch's stable ABI, whose checks throw
+    // std::runtime_error rather than c10::Error.
+    TORCH_CHECK_VALUE(false, describe(index), ": cannot decode it: ", decode_reason(e.what()));
   }
   return {};
 }

@@ -91,6 +91,9 @@ class Options {
     options_.back().takes_value = false;
   }
 
+  // The arguments that are not options, in order (a program taking files, as `torchtl predict`).
+  void positionals(std::vector<std::string>* target) { positionals_ = target; }
+
   void parse(int argc, char** argv) const {
     std::set<size_t> seen;
     for (int i = 1; i < argc; ++i) {
@@ -98,6 +101,10 @@ class Options {
       if (option == "-h" || option == "--help") {
         std::cout << usage();
         std::exit(0);
+      }
+      if (positionals_ && (option.empty() || option[0] != '-')) {
+        positionals_->push_back(option);
+        continue;
       }
       const auto found = index_.find(option);
       if (found == index_.end()) throw UsageError("unknown option '" + option + "'");
@@ -172,6 +179,7 @@ class Options {
   }
 
   std::string synopsis_, description_;
+  std::vector<std::string>* positionals_ = nullptr;
   std::vector<Spec> options_;
   std::map<std::string, size_t> index_;
 };

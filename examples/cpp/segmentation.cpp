@@ -7,7 +7,8 @@
 //   segmentation --train seg_train.txt --val seg_val.txt --model deeplabv3_resnet50 --num-classes 21 --aux-loss
 //   segmentation --train seg_train.txt --val seg_val.txt --weights resnet50.pth --num-classes 3 --epochs 30
 //
-// best.pt is a state dict torchvision opens: deeplabv3_resnet50(num_classes=21, aux_loss=True).
+// best.pt is a state dict torchvision opens: deeplabv3_resnet50(num_classes=21, aux_loss=True), and a
+// model file (io/model_file.h) whose metadata lets torchtl::Predictor open it alone.
 #include <torch/torch.h>
 
 #include <iomanip>
@@ -17,6 +18,7 @@
 #include "process_group.h"
 #include "data/datasets.h"
 #include "engine/trainer.h"
+#include "io/model_file.h"
 #include "io/pretrained.h"
 #include "io/weights.h"
 #include "models/segmentation.h"
@@ -122,10 +124,18 @@ int run(const Args& args) {
       data::make_loader(train_set, data::LoaderOptions(loader_options).batch_size(args.batch_size).shuffle(true));
   const auto val = data::make_loader(val_set, data::LoaderOptions(loader_options).batch_size(1));
 
+  io::ModelMetadata metadata;
+  metadata.task = "segmentation";
+  metadata.builder = args.model;
+  metadata.builder_args.set("num_classes", io::Json(args.num_classes));
+  metadata.builder_args.set("aux_loss", io::Json(args.aux_loss));
+  metadata.classes = data::read_map_classes(args.train);
+  metadata.transform = io::eval_transform(eval_transform->options());
   const auto options = examples::fit_options(args, "segmentation", device)
                            .process_group(launch.group)
                            .aux_weight(0.5)
-                           .ignore_index(255);
+                           .ignore_index(255)
+                           .model_metadata(io::to_json(metadata));
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "
             << val_set->map_file().entries.size() << " validation images, crop " << args.crop_size << " px, batch "
             << args.batch_size << ", lr " << args.lr << " (" << args.lr_scheduler << "), on " << device

@@ -7,7 +7,9 @@
 //   transfer_learning --train train.txt --val val.txt --weights resnet18_traced.pt --num-classes 2
 //   transfer_learning --train train.txt --val val.txt --weights resnet18.pth --num-classes 2 --mode feature_extractor
 //
-// best.pt is a state dict that torchvision opens: resnet18(num_classes=2).load_state_dict(torch.load(...)).
+// best.pt is a state dict that torchvision opens: resnet18(num_classes=2).load_state_dict(torch.load(...)),
+// and a model file (io/model_file.h) that carries the builder, the class names of the training map
+// file's classes file and the evaluation transform, so that torchtl::Predictor opens it alone.
 #include <torch/torch.h>
 
 #include <iomanip>
@@ -17,6 +19,7 @@
 #include "process_group.h"
 #include "data/datasets.h"
 #include "engine/trainer.h"
+#include "io/model_file.h"
 #include "io/pretrained.h"
 #include "io/weights.h"
 #include "models/resnet.h"
@@ -79,9 +82,15 @@ int run(const Args& args) {
   const auto train = data::make_loader(train_set, data::LoaderOptions(loader_options).shuffle(true));
   const auto val = data::make_loader(val_set, loader_options);
 
+  io::ModelMetadata metadata;
+  metadata.builder = args.model;
+  metadata.builder_args.set("num_classes", io::Json(args.num_classes));
+  metadata.classes = data::read_map_classes(args.train);
+  metadata.transform = io::eval_transform(eval_transform->options());
   const auto options = examples::fit_options(args, "classification", device)
                            .process_group(launch.group)
-                           .label_smoothing(args.label_smoothing);
+                           .label_smoothing(args.label_smoothing)
+                           .model_metadata(io::to_json(metadata));
   std::cout << "mode " << args.mode << ", " << train_set->map_file().entries.size() << " training and "
             << val_set->map_file().entries.size() << " validation images, " << args.size << " px, batch "
             << args.batch_size << ", lr " << args.lr << ", on " << device << examples::processes(launch) << "\n"
@@ -140,7 +149,7 @@ int main(int argc, char** argv) {
   options.integer("--seed", &args.seed, 0, "fixes sampling order, augmentation and the new head");
   examples::add_run_options(options, args);
   options.text("--output-dir,--out", &args.out,
-               "folder for best.pt (best validation accuracy, a state dict torchvision loads) and last.pt "
+               "folder for best.pt (best validation accuracy: a state dict torchvision loads, with the metadata torchtl's Predictor reads) and last.pt "
                "(default: runs/classification_<model>; an earlier run there is never overwritten)");
   const auto check = [&] {
     if (args.label_smoothing >= 1) throw examples::UsageError("--label-smoothing expects a number < 1");

@@ -1,6 +1,6 @@
 """The C++ example programs take the `torchtl` command's option names and defaults.
 
-usage: cli_defaults.py TRANSFER_LEARNING SEGMENTATION RESNET_INFERENCE (the built programs)
+usage: cli_defaults.py TRANSFER_LEARNING SEGMENTATION PREDICT (the built programs)
 
 Each program's --help is compared with the parser of the command it mirrors: every option of a
 program exists there and the program accepts all of its names, and every default both state is equal.
@@ -13,11 +13,9 @@ import sys
 from torchtl.tools import cli
 
 MIRRORS = {"transfer_learning": ("train", "classification"), "segmentation": ("train", "segmentation"),
-           "resnet_inference": ("predict",)}
-# resnet_inference runs a random batch or a saved tensor, which `torchtl predict` has no use for;
+           "predict": ("predict",)}
 # segmentation's --aux on|off is its older form of --aux-loss.
-OWN_OPTIONS = {"resnet_inference": {"--weights", "--input", "--batch-size", "--seed", "--size"},
-               "segmentation": {"--aux"}}
+OWN_OPTIONS = {"segmentation": {"--aux"}}
 
 
 def program_options(path):

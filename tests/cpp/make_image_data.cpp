@@ -8,7 +8,6 @@
 //                             blue, with noise), so one epoch can learn something.
 // DIR/seg_train.txt, DIR/seg_val.txt: `images/N.png<TAB>masks/N.png`, gray masks with classes 0..2
 //                             (a square of class 1 or 2 on background 0) and a 255 border.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -21,12 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write_png(const torch::Tensor& image, const fs::path& path) {
-  static auto encode = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("torchcodec_ns::encode_png_to_file", "")
-                           .typed<void(const at::Tensor&, std::string, int64_t)>();
-  encode.call(image.contiguous(), path.string(), 6);
-}
+void write_png(const torch::Tensor& image, const fs::path& path) { torchtl::data::write_png(image, path.string()); }
 
 // 3 x size x size: a red (label 0) or blue (label 1) picture with noise.
 torch::Tensor classification_image(int64_t label, int64_t size) {
