@@ -49,7 +49,8 @@ FPNBlockImpl::FPNBlockImpl(int64_t pyramid_channels, int64_t skip_channels, std:
 }
 
 torch::Tensor FPNBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& skip) {
-  return upsample2x(x, interpolation_mode) + skip_conv(skip);
+  const auto up = upsample2x(x, interpolation_mode);
+  return up + skip_conv(skip);
 }
 
 SegmentationBlockImpl::SegmentationBlockImpl(int64_t in_channels, int64_t out_channels, int64_t n_upsamples) {

@@ -61,7 +61,12 @@ SCSEModuleImpl::SCSEModuleImpl(int64_t in_channels, int64_t reduction) {
   sSE = register_module("sSE", spatial);
 }
 
-torch::Tensor SCSEModuleImpl::forward(const torch::Tensor& x) { return x * cSE->forward(x) + x * sSE->forward(x); }
+torch::Tensor SCSEModuleImpl::forward(const torch::Tensor& x) {
+  // One statement per branch: smp's order, so autograd sums the gradients of x in the same order.
+  const auto channel = x * cSE->forward(x);
+  const auto spatial = x * sSE->forward(x);
+  return channel + spatial;
+}
 
 void SCSEModuleImpl::replace_child(const std::string& name, std::shared_ptr<nn::Module>) {
   TORCH_CHECK_VALUE(false, "SCSEModule has no child '", name, "' that C++ can replace");

@@ -90,8 +90,11 @@ GAUBlockImpl::GAUBlockImpl(int64_t in_channels, int64_t out_channels, std::strin
 }
 
 torch::Tensor GAUBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& y) {
+  // One statement per step, in smp's order (C++ leaves the order of arguments open).
   const auto y_up = resize(y, x.size(2), x.size(3), interpolation_mode);
-  return y_up + torch::mul(conv2(x), conv1->forward(y));
+  const auto low = conv2(x);
+  const auto attention = conv1->forward(y);
+  return y_up + torch::mul(low, attention);
 }
 
 PANDecoderImpl::PANDecoderImpl(const std::vector<int64_t>& encoder_channels_, int64_t encoder_depth,
