@@ -528,17 +528,7 @@ class UnetPlusPlus(SegmentationModel):
     """
 
     _name_prefix = "unetplusplus"
-
-    def __new__(cls, encoder_name: str = "resnet34", encoder_depth: int = 5, encoder_weights="imagenet",
-                decoder_use_norm="batchnorm", decoder_channels=(256, 128, 64, 32, 16), decoder_attention_type=None,
-                decoder_interpolation: str = "nearest", in_channels: int = 3, classes: int = 1, activation=None,
-                aux_params: dict | None = None, **kwargs):
-        decoder_use_norm = _decoder_norm("decoder_use_norm", decoder_use_norm, kwargs, "decoder_use_batchnorm")
-        return _build(cls, encoder_weights, dict(
-            encoder_name=encoder_name, encoder_depth=encoder_depth, decoder_use_norm=decoder_use_norm,
-            decoder_channels=list(decoder_channels), decoder_attention_type=decoder_attention_type,
-            decoder_interpolation=decoder_interpolation, in_channels=in_channels, classes=classes,
-            activation=activation, aux_params=aux_params), kwargs)
+    __new__ = Unet.__new__  # the same arguments and defaults
 
     def _configure(self, args):
         decoder = self.decoder

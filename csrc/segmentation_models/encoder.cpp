@@ -12,36 +12,22 @@ namespace nn = torch::nn;
 
 namespace {
 
-struct EncoderPreset {
-  const char* name;
-  models::BlockType block;
-  std::vector<int64_t> layers;
-  int64_t groups;
-  int64_t width_per_group;
-};
-
-// smp's resnet_encoders table (encoders/resnet.py).
-const std::vector<EncoderPreset>& presets() {
-  using models::BlockType;
-  static const std::vector<EncoderPreset> table = {
-      {"resnet18", BlockType::Basic, {2, 2, 2, 2}, 1, 64},
-      {"resnet34", BlockType::Basic, {3, 4, 6, 3}, 1, 64},
-      {"resnet50", BlockType::Bottleneck, {3, 4, 6, 3}, 1, 64},
-      {"resnet101", BlockType::Bottleneck, {3, 4, 23, 3}, 1, 64},
-      {"resnet152", BlockType::Bottleneck, {3, 8, 36, 3}, 1, 64},
-      {"resnext50_32x4d", BlockType::Bottleneck, {3, 4, 6, 3}, 32, 4},
-      {"resnext101_32x4d", BlockType::Bottleneck, {3, 4, 23, 3}, 32, 4},
-      {"resnext101_32x8d", BlockType::Bottleneck, {3, 4, 23, 3}, 32, 8},
-      {"resnext101_32x16d", BlockType::Bottleneck, {3, 4, 23, 3}, 32, 16},
-      {"resnext101_32x32d", BlockType::Bottleneck, {3, 4, 23, 3}, 32, 32},
-      {"resnext101_32x48d", BlockType::Bottleneck, {3, 4, 23, 3}, 32, 48},
+// smp's resnet_encoders (encoders/resnet.py): torchvision's builders, and the ResNeXt-101 32xNd
+// widths torchvision has no builder for (width_per_group N).
+const std::vector<std::pair<std::string, int64_t>>& presets() {
+  static const std::vector<std::pair<std::string, int64_t>> table = {
+      {"resnet18", 0},         {"resnet34", 0},          {"resnet50", 0},          {"resnet101", 0},
+      {"resnet152", 0},        {"resnext50_32x4d", 0},   {"resnext101_32x4d", 4},  {"resnext101_32x8d", 0},
+      {"resnext101_32x16d", 16}, {"resnext101_32x32d", 32}, {"resnext101_32x48d", 48},
   };
   return table;
 }
 
-const EncoderPreset& preset(const std::string& name) {
-  for (const auto& p : presets()) {
-    if (name == p.name) return p;
+models::ResNetOptions preset(const std::string& name) {
+  for (const auto& [arch, width] : presets()) {
+    if (name != arch) continue;
+    if (width == 0) return models::resnet_options(arch);
+    return models::ResNetOptions(models::BlockType::Bottleneck, {3, 4, 23, 3}).groups(32).width_per_group(width);
   }
   std::ostringstream known;
   for (const auto& n : resnet_encoder_names()) known << " " << n;
@@ -65,14 +51,14 @@ void dilate(nn::Sequential& layer, int64_t rate) {
 const std::vector<std::string>& resnet_encoder_names() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> out;
-    for (const auto& p : presets()) out.emplace_back(p.name);
+    for (const auto& p : presets()) out.push_back(p.first);
     return out;
   }();
   return names;
 }
 
 ResNetEncoderImpl::ResNetEncoderImpl(const ResNetEncoderOptions& options_) : options(options_) {
-  const auto& p = preset(options.name());
+  const auto resnet_options = preset(options.name());
   TORCH_CHECK_VALUE(options.depth() >= 1 && options.depth() <= 5, "ResNetEncoder depth should be in range [1, 5], got ",
                     options.depth());
   TORCH_CHECK_VALUE(options.output_stride() == 32 || options.output_stride() == 16 || options.output_stride() == 8,
@@ -80,7 +66,7 @@ ResNetEncoderImpl::ResNetEncoderImpl(const ResNetEncoderOptions& options_) : opt
   TORCH_CHECK_VALUE(options.in_channels() > 0, "in_channels must be positive, got ", options.in_channels());
   // smp builds a whole torchvision ResNet (its fc draws its initialisation too) and deletes avgpool
   // and fc: the same draws in the same order.
-  models::ResNet resnet(models::ResNetOptions(p.block, p.layers).groups(p.groups).width_per_group(p.width_per_group));
+  models::ResNet resnet(resnet_options);
   conv1 = register_module("conv1", resnet->conv1);
   bn1 = models::Norm2d(register_module("bn1", resnet->bn1.ptr()));
   relu = register_module("relu", resnet->relu);
@@ -89,7 +75,7 @@ ResNetEncoderImpl::ResNetEncoderImpl(const ResNetEncoderOptions& options_) : opt
   layer2 = register_module("layer2", resnet->layer2);
   layer3 = register_module("layer3", resnet->layer3);
   layer4 = register_module("layer4", resnet->layer4);
-  const bool basic = p.block == models::BlockType::Basic;
+  const bool basic = resnet_options.block() == models::BlockType::Basic;
   channels_ = basic ? std::vector<int64_t>{3, 64, 64, 128, 256, 512} : std::vector<int64_t>{3, 64, 256, 512, 1024, 2048};
   if (options.in_channels() != 3) {
     // smp's patch_first_conv: a fresh weight with Conv2d's default draw, unless pretrained

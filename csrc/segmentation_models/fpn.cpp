@@ -11,16 +11,9 @@ namespace F = torch::nn::functional;
 
 namespace {
 
-// F.interpolate(x, scale_factor=2.0, mode=mode), align_corners as smp passes it.
-torch::Tensor upsample2x(const torch::Tensor& x, const std::string& mode, std::optional<bool> align_corners = std::nullopt) {
-  auto options = F::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0});
-  if (mode == "nearest") options.mode(torch::kNearest);
-  else if (mode == "bilinear") options.mode(torch::kBilinear);
-  else if (mode == "bicubic") options.mode(torch::kBicubic);
-  else if (mode == "area") options.mode(torch::kArea);
-  else options.mode(torch::kNearestExact);
-  if (mode == "bilinear" || mode == "bicubic") options.align_corners(align_corners.value_or(false));
-  return F::interpolate(x, options);
+// F.interpolate(x, scale_factor=2.0, mode=mode, align_corners=...) as smp calls it.
+torch::Tensor upsample2x(const torch::Tensor& x, const std::string& mode, bool align_corners = false) {
+  return F::interpolate(x, interpolation(mode, align_corners).scale_factor(std::vector<double>{2.0, 2.0}));
 }
 
 }  // namespace

@@ -11,10 +11,9 @@ namespace F = torch::nn::functional;
 
 namespace {
 
+// smp's PAN interpolates with align_corners=True in bilinear mode (None, i.e. False, otherwise).
 torch::Tensor resize(const torch::Tensor& x, int64_t height, int64_t width, const std::string& mode) {
-  auto options = F::InterpolateFuncOptions().size(std::vector<int64_t>{height, width});
-  if (mode == "bilinear") return F::interpolate(x, options.mode(torch::kBilinear).align_corners(true));
-  return interpolate(x, {height, width}, mode);
+  return F::interpolate(x, interpolation(mode, mode == "bilinear").size(std::vector<int64_t>{height, width}));
 }
 
 }  // namespace

@@ -13,15 +13,19 @@ void check_interpolation(const std::string& mode) {
                     "decoder_interpolation should be nearest, bilinear, bicubic, area or nearest-exact, got '", mode, "'");
 }
 
-torch::Tensor interpolate(const torch::Tensor& x, at::IntArrayRef size, const std::string& mode) {
-  auto options = F::InterpolateFuncOptions().size(std::vector<int64_t>(size.begin(), size.end()));
+F::InterpolateFuncOptions interpolation(const std::string& mode, bool align_corners) {
+  F::InterpolateFuncOptions options;
   if (mode == "nearest") options.mode(torch::kNearest);
   else if (mode == "bilinear") options.mode(torch::kBilinear);
   else if (mode == "bicubic") options.mode(torch::kBicubic);
   else if (mode == "area") options.mode(torch::kArea);
   else options.mode(torch::kNearestExact);
-  if (mode == "bilinear" || mode == "bicubic") options.align_corners(false);
-  return F::interpolate(x, options);
+  if (mode == "bilinear" || mode == "bicubic") options.align_corners(align_corners);
+  return options;
+}
+
+torch::Tensor interpolate(const torch::Tensor& x, at::IntArrayRef size, const std::string& mode) {
+  return F::interpolate(x, interpolation(mode).size(std::vector<int64_t>(size.begin(), size.end())));
 }
 
 UnetDecoderBlockImpl::UnetDecoderBlockImpl(int64_t in_channels, int64_t skip_channels, int64_t out_channels,
@@ -39,8 +43,11 @@ UnetDecoderBlockImpl::UnetDecoderBlockImpl(int64_t in_channels, int64_t skip_cha
 
 torch::Tensor UnetDecoderBlockImpl::forward(const torch::Tensor& x, int64_t height, int64_t width,
                                             const torch::Tensor& skip) {
-  auto out = interpolate(x, {height, width}, interpolation_mode);
-  if (skip.defined()) out = attention1(torch::cat({out, skip}, 1));
+  return fuse(interpolate(x, {height, width}, interpolation_mode), skip);
+}
+
+torch::Tensor UnetDecoderBlockImpl::fuse(const torch::Tensor& upsampled, const torch::Tensor& skip) {
+  auto out = skip.defined() ? attention1(torch::cat({upsampled, skip}, 1)) : upsampled;
   return attention2(conv2_(conv1_(out)));
 }
 

@@ -11,7 +11,10 @@
 
 namespace torchtl::segmentation_models {
 
-// torch.nn.functional.interpolate's modes, as smp's decoder_interpolation names them.
+// F.interpolate's options for smp's decoder_interpolation names ("nearest", "bilinear", "bicubic",
+// "area", "nearest-exact"); align_corners applies to bilinear and bicubic. The caller sets the size
+// or the scale factor, as smp's code does.
+torch::nn::functional::InterpolateFuncOptions interpolation(const std::string& mode, bool align_corners = false);
 torch::Tensor interpolate(const torch::Tensor& x, at::IntArrayRef size, const std::string& mode);
 void check_interpolation(const std::string& mode);
 
@@ -25,6 +28,10 @@ class UnetDecoderBlockImpl : public torch::nn::Module {
   Conv2dReLU conv1{nullptr}, conv2{nullptr};
   Attention attention1{nullptr}, attention2{nullptr};
   std::string interpolation_mode;
+
+ protected:
+  // What follows the upsampling: the skip concatenated (attention1), conv1, conv2, attention2.
+  torch::Tensor fuse(const torch::Tensor& upsampled, const torch::Tensor& skip);
 
  private:
   models::TensorForward conv1_, conv2_;

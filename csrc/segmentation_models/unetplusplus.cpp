@@ -17,32 +17,8 @@ std::string key(int64_t depth_idx, int64_t layer_idx) { return c10::str("x_", de
 
 }  // namespace
 
-UnetPlusPlusDecoderBlockImpl::UnetPlusPlusDecoderBlockImpl(int64_t in_channels, int64_t skip_channels,
-                                                           int64_t out_channels, DecoderNorm norm,
-                                                           const std::optional<std::string>& attention_type,
-                                                           std::string interpolation_mode_)
-    : interpolation_mode(std::move(interpolation_mode_)) {
-  TORCH_CHECK_VALUE(out_channels > 0, "UnetPlusPlus: a decoder block with 0 channels (encoders with empty stages) ",
-                    "is not supported by torchtl's ResNet encoders");
-  check_interpolation(interpolation_mode);
-  conv1 = register_module("conv1", Conv2dReLU(in_channels + skip_channels, out_channels, 3, 1, 1, norm));
-  attention1 = register_module("attention1", Attention(attention_type, in_channels + skip_channels));
-  conv2 = register_module("conv2", Conv2dReLU(out_channels, out_channels, 3, 1, 1, norm));
-  attention2 = register_module("attention2", Attention(attention_type, out_channels));
-  conv1_ = models::tensor_forward(conv1.ptr());
-  conv2_ = models::tensor_forward(conv2.ptr());
-}
-
 torch::Tensor UnetPlusPlusDecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& skip) {
-  auto options = F::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0});
-  if (interpolation_mode == "nearest") options.mode(torch::kNearest);
-  else if (interpolation_mode == "bilinear") options.mode(torch::kBilinear).align_corners(false);
-  else if (interpolation_mode == "bicubic") options.mode(torch::kBicubic).align_corners(false);
-  else if (interpolation_mode == "area") options.mode(torch::kArea);
-  else options.mode(torch::kNearestExact);
-  auto out = F::interpolate(x, options);
-  if (skip.defined()) out = attention1(torch::cat({out, skip}, 1));
-  return attention2(conv2_(conv1_(out)));
+  return fuse(F::interpolate(x, interpolation(interpolation_mode).scale_factor(std::vector<double>{2.0, 2.0})), skip);
 }
 
 UnetPlusPlusDecoderImpl::UnetPlusPlusDecoderImpl(const std::vector<int64_t>& encoder_channels,

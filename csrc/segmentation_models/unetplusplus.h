@@ -8,22 +8,16 @@
 #include <vector>
 
 #include "segmentation_models/model.h"
+#include "segmentation_models/unet.h"
 
 namespace torchtl::segmentation_models {
 
-class UnetPlusPlusDecoderBlockImpl : public torch::nn::Module {
+// U-Net's block, upsampling by 2 (smp's scale_factor=2.0) instead of to a given size.
+class UnetPlusPlusDecoderBlockImpl : public UnetDecoderBlockImpl {
  public:
-  UnetPlusPlusDecoderBlockImpl(int64_t in_channels, int64_t skip_channels, int64_t out_channels, DecoderNorm norm,
-                               const std::optional<std::string>& attention_type, std::string interpolation_mode);
-  // 2x upsampling, then the skip (undefined for the last block) concatenated.
+  using UnetDecoderBlockImpl::UnetDecoderBlockImpl;
+  // skip is undefined for the last block.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& skip);
-
-  Conv2dReLU conv1{nullptr}, conv2{nullptr};
-  Attention attention1{nullptr}, attention2{nullptr};
-  std::string interpolation_mode;
-
- private:
-  models::TensorForward conv1_, conv2_;
 };
 TORCH_MODULE(UnetPlusPlusDecoderBlock);
 
