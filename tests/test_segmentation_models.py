@@ -3,7 +3,6 @@
 smp is a test dependency only (torchtl never imports it): without it these tests skip and say so.
 tests/smp_parity.py prints the whole architecture x encoder table.
 """
-import io
 import os
 import pickle
 

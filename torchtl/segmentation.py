@@ -25,8 +25,9 @@ from torchtl.models import _CLASSES as _RESNET_CLASSES
 from torchtl.models import legacy_pretrained
 from torchtl.weights import WeightsMismatchError, load_pretrained, read_state_dict
 
-__all__ = ["deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101", "Unet", "UnetPlusPlus", "FPN",
-           "PSPNet", "Linknet", "PAN", "DeepLabV3Plus"]
+# torchvision's builders; smp's architectures (Unet, FPN, ...) are reached through __getattr__ below
+# and listed in torchtl.segmentation_models.__all__.
+__all__ = ["deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"]
 
 _HEADS = ("classifier.4.", "aux_classifier.4.")
 

@@ -36,10 +36,6 @@ ARCHITECTURES = tuple(_C.segmentation_architectures())
 _DOWNLOADABLE = ("imagenet", "ssl", "swsl", "instagram")
 
 
-def _torch_compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
 # -- smp's modules: its forward code over the C++ tensors -----------------------------------------
 
 
@@ -434,7 +430,7 @@ class SegmentationModel(Model, nn.Module):
         if _is_plain_call(x) and self._tree.runs_cpp(self):
             out = _C.forward_list(self._cpp_module, x)
             return out[0] if len(out) == 1 else tuple(out)
-        if not (torch.jit.is_scripting() or torch.jit.is_tracing() or _torch_compiling()):
+        if not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input_shape(x)
         features = self.encoder(x)
         decoder_output = self.decoder(features)
@@ -509,7 +505,7 @@ class Unet(SegmentationModel):
                 decoder_use_norm="batchnorm", decoder_channels=(256, 128, 64, 32, 16), decoder_attention_type=None,
                 decoder_interpolation: str = "nearest", in_channels: int = 3, classes: int = 1, activation=None,
                 aux_params: dict | None = None, **kwargs):
-        decoder_use_norm = _decoder_norm("decoder_use_norm", decoder_use_norm, kwargs, "decoder_use_batchnorm")
+        decoder_use_norm = _renamed_argument("decoder_use_norm", decoder_use_norm, kwargs, "decoder_use_batchnorm")
         return _build(cls, encoder_weights, dict(
             encoder_name=encoder_name, encoder_depth=encoder_depth, decoder_use_norm=decoder_use_norm,
             decoder_channels=list(decoder_channels), decoder_attention_type=decoder_attention_type,
@@ -587,7 +583,7 @@ class PSPNet(SegmentationModel):
                 psp_out_channels: int = 512, decoder_use_norm="batchnorm", psp_dropout: float = 0.2,
                 in_channels: int = 3, classes: int = 1, activation=None, upsampling: int = 8,
                 aux_params: dict | None = None, **kwargs):
-        decoder_use_norm = _decoder_norm("decoder_use_norm", decoder_use_norm, kwargs, "psp_use_batchnorm")
+        decoder_use_norm = _renamed_argument("decoder_use_norm", decoder_use_norm, kwargs, "psp_use_batchnorm")
         return _build(cls, encoder_weights, dict(
             encoder_name=encoder_name, encoder_depth=encoder_depth, psp_out_channels=psp_out_channels,
             decoder_use_norm=decoder_use_norm, psp_dropout=float(psp_dropout), in_channels=in_channels,
@@ -610,7 +606,7 @@ class Linknet(SegmentationModel):
     def __new__(cls, encoder_name: str = "resnet34", encoder_depth: int = 5, encoder_weights="imagenet",
                 decoder_use_norm="batchnorm", in_channels: int = 3, classes: int = 1, activation=None,
                 aux_params: dict | None = None, **kwargs):
-        decoder_use_norm = _decoder_norm("decoder_use_norm", decoder_use_norm, kwargs, "decoder_use_batchnorm")
+        decoder_use_norm = _renamed_argument("decoder_use_norm", decoder_use_norm, kwargs, "decoder_use_batchnorm")
         return _build(cls, encoder_weights, dict(
             encoder_name=encoder_name, encoder_depth=encoder_depth, decoder_use_norm=decoder_use_norm,
             in_channels=in_channels, classes=classes, activation=activation, aux_params=aux_params), kwargs)
@@ -629,7 +625,7 @@ class PAN(SegmentationModel):
                 encoder_output_stride: int = 16, decoder_channels: int = 32, decoder_interpolation: str = "bilinear",
                 in_channels: int = 3, classes: int = 1, activation=None, upsampling: int = 4,
                 aux_params: dict | None = None, **kwargs):
-        decoder_interpolation = _decoder_norm("decoder_interpolation", decoder_interpolation, kwargs, "upscale_mode")
+        decoder_interpolation = _renamed_argument("decoder_interpolation", decoder_interpolation, kwargs, "upscale_mode")
         return _build(cls, encoder_weights, dict(
             encoder_name=encoder_name, encoder_depth=encoder_depth, encoder_output_stride=encoder_output_stride,
             decoder_channels=decoder_channels, decoder_interpolation=decoder_interpolation, in_channels=in_channels,
@@ -738,7 +734,7 @@ def _patch_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return new_weight * (3 / in_channels)
 
 
-def _arguments(arch: str, args: dict) -> dict:
+def _arguments(args: dict) -> dict:
     """smp's keyword arguments as the C++ builder reads them (no None, lists, flat aux_params)."""
     out = {}
     for name, value in args.items():
@@ -775,7 +771,7 @@ def _build(root: type, encoder_weights, args: dict, kwargs: dict) -> Segmentatio
     activation = args.get("activation")
     python_activation = activation if callable(activation) else None
     cpp_args = dict(args, activation=None if python_activation else activation)
-    cpp = _C.segmentation_model(arch, dict(_arguments(arch, cpp_args), encoder_pretrained=state is not None))
+    cpp = _C.segmentation_model(arch, dict(_arguments(cpp_args), encoder_pretrained=state is not None))
     builder_args = dict(args, encoder_weights=None)
 
     def configure(model):
@@ -805,7 +801,8 @@ def _build(root: type, encoder_weights, args: dict, kwargs: dict) -> Segmentatio
     return model
 
 
-def _decoder_norm(name: str, value, kwargs: dict, deprecated: str):
+def _renamed_argument(name: str, value, kwargs: dict, deprecated: str):
+    """smp's deprecated spelling of an argument (decoder_use_batchnorm, ...): a warning, and it wins."""
     old = kwargs.pop(deprecated, None)
     if old is not None:
         warnings.warn(f"The usage of {deprecated} is deprecated. Please modify your code for {name}",
