@@ -1,7 +1,8 @@
 """Inference speed against torchvision's default execution, same weights, same run.
 
 Columns, each as a speedup over torchvision's default (fp32, contiguous batch, the model as
-built; above 1.00: faster than it):
+built; above 1.00: faster than it); for segmentation_models_pytorch's architectures
+(``Unet_resnet34``, ``FPN_resnet34``, ``DeepLabV3Plus_resnet34``) the reference is smp's own model:
 
 - ``compile``: ``torch.compile`` of torchvision's model, the peer a speed-seeking user picks
   (compiled and warmed up before timing);
@@ -32,10 +33,20 @@ import torchvision
 
 import torchtl
 
-SIZES = {"resnet18": (8, 224), "resnet50": (8, 224), "deeplabv3_resnet50": (2, 256), "fcn_resnet50": (2, 256)}
+SIZES = {"resnet18": (8, 224), "resnet50": (8, 224), "deeplabv3_resnet50": (2, 256), "fcn_resnet50": (2, 256),
+         # segmentation_models_pytorch's architectures: the "torchvision" column is smp's own model.
+         "Unet_resnet34": (2, 256), "FPN_resnet34": (2, 256), "DeepLabV3Plus_resnet34": (2, 256)}
 
 
 def build_pair(arch):
+    if arch.split("_")[0] in ("Unet", "FPN", "DeepLabV3Plus"):
+        import segmentation_models_pytorch as smp
+
+        name, encoder = arch.split("_", 1)
+        reference = getattr(smp, name)(encoder_name=encoder, encoder_weights=None, classes=21)
+        model = getattr(torchtl.segmentation, name)(encoder_name=encoder, encoder_weights=None, classes=21)
+        model.load_state_dict(reference.state_dict())
+        return reference, model
     if arch.startswith("resnet"):
         tv = getattr(torchvision.models, arch)(weights=None)
         return tv, getattr(torchtl.models, arch)(weights=tv)

@@ -56,6 +56,15 @@ _LEAF_TYPES = {
     "Dropout": nn.Dropout,
     "Identity": nn.Identity,
     "Flatten": nn.Flatten,
+    "Sigmoid": nn.Sigmoid,
+    "Softmax": nn.Softmax,
+    "LogSoftmax": nn.LogSoftmax,
+    "Tanh": nn.Tanh,
+    "Upsample": nn.Upsample,
+    "AdaptiveMaxPool2d": nn.AdaptiveMaxPool2d,
+    "Dropout2d": nn.Dropout2d,
+    "GroupNorm": nn.GroupNorm,
+    "ConvTranspose2d": nn.ConvTranspose2d,
 }
 
 # What each leaf's forward reads besides its tensors. C++ holds its own copy of these, so a change
@@ -72,6 +81,15 @@ _FORWARD_OPTIONS = {
     nn.Dropout: ("p", "inplace"),
     nn.Identity: (),
     nn.Flatten: ("start_dim", "end_dim"),
+    nn.Sigmoid: (),
+    nn.Softmax: ("dim",),
+    nn.LogSoftmax: ("dim",),
+    nn.Tanh: (),
+    nn.Upsample: ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor"),
+    nn.AdaptiveMaxPool2d: ("output_size", "return_indices"),
+    nn.Dropout2d: ("p", "inplace"),
+    nn.GroupNorm: ("num_groups", "eps"),
+    nn.ConvTranspose2d: ("stride", "padding", "output_padding", "dilation", "groups", "padding_mode"),
 }
 
 
@@ -94,10 +112,10 @@ def _leaf_from_cpp(type_name: str, options: dict, cpp, leaf_classes: dict) -> nn
         o.setdefault("momentum", None)
     if type_name == "MaxPool2d":  # torchvision passes ints; keep its repr
         o = {k: _scalar_if_uniform(v) if isinstance(v, list) else v for k, v in o.items()}
-    if type_name in ("Conv2d", "AdaptiveAvgPool2d"):
+    if type_name in ("Conv2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ConvTranspose2d"):
         o = {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()}
     cls = leaf_classes.get(type_name, _LEAF_TYPES[type_name])
-    takes_device = type_name in ("Conv2d", "BatchNorm2d", "Linear")
+    takes_device = type_name in ("Conv2d", "BatchNorm2d", "Linear", "GroupNorm", "ConvTranspose2d")
     # Built on the meta device (no allocation), then handed the C++ tensors.
     leaf = cls(**o, device="meta") if takes_device else cls(**o)
     for name in list(leaf._parameters):
@@ -156,6 +174,31 @@ def _leaf_options(module: nn.Module) -> tuple[str, dict]:
         return type_name, dict(p=float(m.p), inplace=m.inplace)
     if type_name == "Flatten":
         return type_name, dict(start_dim=m.start_dim, end_dim=m.end_dim)
+    if type_name in ("Softmax", "LogSoftmax"):
+        if m.dim is None:
+            raise TypeError(f"torchtl's C++ {type_name} needs an explicit dim")
+        return type_name, dict(dim=m.dim)
+    if type_name == "Upsample":
+        if m.size is not None or m.scale_factor is None or isinstance(m.scale_factor, tuple) or m.recompute_scale_factor:
+            raise TypeError("torchtl's C++ Upsample takes one scale_factor, no size")
+        o = dict(scale_factor=float(m.scale_factor), mode=m.mode)
+        if m.align_corners is not None:
+            o["align_corners"] = bool(m.align_corners)
+        return type_name, o
+    if type_name == "AdaptiveMaxPool2d":
+        if m.return_indices or m.output_size is None or (isinstance(m.output_size, tuple) and None in m.output_size):
+            raise TypeError("torchtl's C++ AdaptiveMaxPool2d needs a full output_size and returns no indices")
+        return type_name, dict(output_size=ints(m.output_size))
+    if type_name == "Dropout2d":
+        return type_name, dict(p=float(m.p), inplace=m.inplace)
+    if type_name == "GroupNorm":
+        return type_name, dict(num_groups=m.num_groups, num_channels=m.num_channels, eps=float(m.eps), affine=m.affine)
+    if type_name == "ConvTranspose2d":
+        if isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise TypeError("torchtl's C++ ConvTranspose2d takes integer padding with padding_mode='zeros'")
+        return type_name, dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=ints(m.kernel_size),
+                               stride=ints(m.stride), padding=ints(m.padding), output_padding=ints(m.output_padding),
+                               dilation=ints(m.dilation), groups=m.groups, bias=m.bias is not None)
     return type_name, {}
 
 
@@ -384,7 +427,8 @@ class _Mirror:
 
     @classmethod
     def _make(cls, cpp, tree: _Tree):
-        module = cls.__new__(cls)
+        # object.__new__: a root class may define __new__ as its public constructor (smp's classes).
+        module = object.__new__(cls)
         nn.Module.__init__(module)
         object.__setattr__(module, "_cpp_module", cpp)
         object.__setattr__(module, "_tree", tree)
@@ -491,12 +535,15 @@ def mirror(cpp, tree: _Tree, classes: dict, leaf_classes: dict | None = None) ->
     return module
 
 
-def wrap(cpp, root_class, classes: dict, leaf_classes: dict | None = None, **attributes):
-    """Mirrors a whole C++ model with ``root_class`` (a Model subclass) at the top."""
+def wrap(cpp, root_class, classes: dict, leaf_classes: dict | None = None, configure=None, **attributes):
+    """Mirrors a whole C++ model with ``root_class`` (a Model subclass) at the top. ``configure(root)``,
+    when given, sets the plain attributes the Python forwards read, before the tree records them."""
     tree = _Tree(cpp)
     root = mirror(cpp, tree, {**classes, cpp.module_info()[0]: root_class}, leaf_classes)
     for key, value in attributes.items():
         object.__setattr__(root, key, value)
+    if configure is not None:
+        configure(root)
     tree.root = _pair(root, cpp)
     return root
 

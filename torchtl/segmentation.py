@@ -25,6 +25,8 @@ from torchtl.models import _CLASSES as _RESNET_CLASSES
 from torchtl.models import legacy_pretrained
 from torchtl.weights import WeightsMismatchError, load_pretrained, read_state_dict, resolve_weights
 
+# torchvision's builders; smp's architectures (Unet, FPN, ...) are reached through __getattr__ below
+# and listed in torchtl.segmentation_models.__all__.
 __all__ = ["deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101"]
 
 _HEADS = ("classifier.4.", "aux_classifier.4.")
@@ -182,3 +184,13 @@ deeplabv3_resnet50 = _builder("deeplabv3", "resnet50")
 deeplabv3_resnet101 = _builder("deeplabv3", "resnet101")
 fcn_resnet50 = _builder("fcn", "resnet50")
 fcn_resnet101 = _builder("fcn", "resnet101")
+
+
+def __getattr__(name):
+    # segmentation_models_pytorch's architectures (torchtl/segmentation_models.py) under smp's class
+    # names, imported on first use: that module builds on the classes above.
+    from torchtl import segmentation_models
+
+    if name in segmentation_models.ARCHITECTURES:
+        return getattr(segmentation_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

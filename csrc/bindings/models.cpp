@@ -15,6 +15,7 @@
 #include "models/module_tree.h"
 #include "models/resnet.h"
 #include "models/segmentation.h"
+#include "segmentation_models/model.h"
 
 namespace py = pybind11;
 
@@ -121,6 +122,25 @@ void init_models(py::module_& m) {
       TORCH_CHECK_TYPE(false, module->name(), " does not return a dict");
     }
     return to_pairs(out);
+  });
+  m.def(
+      "segmentation_model",
+      [](const std::string& arch, const segmentation_models::Arguments& arguments) -> ModulePtr {
+        return segmentation_models::make_model(arch, arguments);
+      },
+      py::arg("arch"), py::arg("arguments"));
+  m.def("segmentation_architectures", &segmentation_models::architecture_names);
+  m.def("resnet_encoder_names", &segmentation_models::resnet_encoder_names);
+  m.def("forward_list", [](const ModulePtr& module, const torch::Tensor& input) {
+    if (auto model = std::dynamic_pointer_cast<segmentation_models::SegmentationModelImpl>(module)) {
+      py::gil_scoped_release no_gil;
+      return model->forward_all(input);
+    }
+    if (auto encoder = std::dynamic_pointer_cast<segmentation_models::ResNetEncoderImpl>(module)) {
+      py::gil_scoped_release no_gil;
+      return encoder->forward(input);
+    }
+    TORCH_CHECK_TYPE(false, module->name(), " does not return a list of tensors");
   });
   m.def("reset_classifier", [](const ModulePtr& model, int64_t num_classes) {
     auto resnet = std::dynamic_pointer_cast<models::ResNetImpl>(model);

@@ -32,8 +32,8 @@ EvalResult evaluate_one_pass(ModelParts& view, const BatchSource& source, const 
     torch::Tensor prediction, loss;
     {
       AutocastScope autocast(dtype, device);
-      if (view.segmentation) {
-        auto out = view.segmentation->forward(x);
+      if (view.segments()) {
+        auto out = view.segment(x);
         loss = segmentation_loss(out, y, o, name_row);
         prediction = out["out"].argmax(1);
         if (!confusion) confusion = std::make_unique<ConfusionMatrix>(out["out"].size(1));
@@ -53,7 +53,7 @@ EvalResult evaluate_one_pass(ModelParts& view, const BatchSource& source, const 
     ++batch_index;
     if (progress && throttle.due(batch_index == num_batches)) {
       Progress p{false, epoch, o.epochs(), batch_index, num_batches, r.images, loss_sum / r.images,
-                 view.segmentation ? -1.0 : static_cast<double>(correct1) / r.images};
+                 view.segments() ? -1.0 : static_cast<double>(correct1) / r.images};
       if (!progress(p)) {
         stopped = true;
         break;
@@ -81,7 +81,7 @@ EvalResult evaluate_one_pass(ModelParts& view, const BatchSource& source, const 
   r.loss = loss_sum / r.images;
   r.seconds = seconds_since(start);
   r.confusion = confusion->matrix();
-  if (view.segmentation) {
+  if (view.segments()) {
     auto m = confusion->compute();
     r.pixel_accuracy = m.pixel_accuracy;
     r.mean_iou = m.mean_iou;

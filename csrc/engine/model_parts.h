@@ -11,6 +11,7 @@
 #include "models/module_tree.h"
 #include "models/resnet.h"
 #include "models/segmentation.h"
+#include "segmentation_models/model.h"
 
 namespace torchtl::engine {
 
@@ -18,7 +19,14 @@ struct ModelParts {
   std::shared_ptr<torch::nn::Module> root;
   models::ResNetImpl* resnet = nullptr;
   models::SegmentationModelImpl* segmentation = nullptr;
+  // segmentation_models_pytorch's architectures, which return the masks as one tensor.
+  segmentation_models::SegmentationModelImpl* dense = nullptr;
   models::TensorForward forward_any;  // classification: the whole forward of any module
+
+  // Whether the task is segmentation: a torchvision or a segmentation_models_pytorch model.
+  bool segments() const { return segmentation != nullptr || dense != nullptr; }
+  // The model's outputs as torchvision's segmentation models name them ("out", ["aux"]).
+  torch::OrderedDict<std::string, torch::Tensor> segment(const torch::Tensor& x) const;
 
   // Throws unless `task` ("classification" or "segmentation") fits the model.
   ModelParts(const std::shared_ptr<torch::nn::Module>& model, const std::string& task);

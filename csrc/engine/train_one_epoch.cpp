@@ -25,9 +25,9 @@ bool train_step(Training& t, const DeviceBatch& batch, const RowNamer& name_row,
   torch::Tensor loss, logits;
   {
     AutocastScope autocast(t.amp_dtype, t.device);
-    if (view.segmentation) {
+    if (view.segments()) {
       torch::OrderedDict<std::string, torch::Tensor> out;
-      if (t.feature_extractor) {
+      if (t.feature_extractor && view.segmentation) {
         torch::OrderedDict<std::string, torch::Tensor> features;
         {
           torch::NoGradGuard no_grad;
@@ -35,7 +35,7 @@ bool train_step(Training& t, const DeviceBatch& batch, const RowNamer& name_row,
         }
         out = view.segmentation->forward_heads(features, input.sizes().slice(2));
       } else {
-        out = view.segmentation->forward(input);
+        out = view.segment(input);
       }
       loss = segmentation_loss(out, batch.target, o, name_row);
     } else {
@@ -126,7 +126,7 @@ EpochRecord train_one_epoch(Training& t, const BatchSource& train, int64_t epoch
     ++batch_index;
     if (progress && throttle.due(batch_index == num_batches)) {
       Progress p{true, epoch, t.options.epochs(), batch_index, num_batches, record.images, loss_sum / record.images,
-                 t.model.segmentation ? -1.0 : static_cast<double>(correct) / record.images};
+                 t.model.segments() ? -1.0 : static_cast<double>(correct) / record.images};
       if (!progress(p)) stopped = true;
     }
     stopped = t.distributed.any(stopped);
@@ -153,7 +153,7 @@ EpochRecord train_one_epoch(Training& t, const BatchSource& train, int64_t epoch
   record.seconds = seconds_since(start);
   record.train_loss = record.images ? loss_sum / record.images : 0.0;
   record.train_acc =
-      t.model.segmentation ? -1.0 : (record.images ? static_cast<double>(correct) / record.images : 0.0);
+      t.model.segments() ? -1.0 : (record.images ? static_cast<double>(correct) / record.images : 0.0);
   record.images_per_second = record.seconds > 0 ? record.images / record.seconds : 0.0;
   warn_skipped(warning, record.skipped, c10::str("epoch ", epoch + 1, " (training)"));
   return record;

@@ -178,7 +178,7 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
     }
     bool new_best = false;
     if (val) {
-      const double metric = view.segmentation ? record.val.mean_iou : record.val.acc1;
+      const double metric = view.segments() ? record.val.mean_iou : record.val.acc1;
       // Only a finite metric of a finite model can be the best: a NaN neither wins nor blocks later epochs.
       const bool no_best = state.best_epoch < 0 || !std::isfinite(state.best_metric);
       if (std::isfinite(metric) && (no_best || metric > state.best_metric) && view.all_finite()) {

@@ -80,6 +80,8 @@ void update_member(nn::Module& module, const std::string& name, const torch::Ten
   if (auto* conv = dynamic_cast<nn::Conv2dImpl*>(&module)) set(conv);
   else if (auto* linear = dynamic_cast<nn::LinearImpl*>(&module)) set(linear);
   else if (auto* bn = dynamic_cast<nn::BatchNorm2dImpl*>(&module)) set(bn);
+  else if (auto* gn = dynamic_cast<nn::GroupNormImpl*>(&module)) set(gn);
+  else if (auto* deconv = dynamic_cast<nn::ConvTranspose2dImpl*>(&module)) set(deconv);
 }
 
 void check_shape(const nn::Module& module, const char* kind, const std::string& name, const torch::Tensor& own,
@@ -140,6 +142,17 @@ TensorForward tensor_forward(const std::shared_ptr<nn::Module>& module) {
   TORCHTL_LEAF_FORWARD(DropoutImpl)
   TORCHTL_LEAF_FORWARD(IdentityImpl)
   TORCHTL_LEAF_FORWARD(FlattenImpl)
+  TORCHTL_LEAF_FORWARD(SigmoidImpl)
+  TORCHTL_LEAF_FORWARD(SoftmaxImpl)
+  TORCHTL_LEAF_FORWARD(LogSoftmaxImpl)
+  TORCHTL_LEAF_FORWARD(TanhImpl)
+  TORCHTL_LEAF_FORWARD(UpsampleImpl)
+  TORCHTL_LEAF_FORWARD(AdaptiveMaxPool2dImpl)
+  TORCHTL_LEAF_FORWARD(Dropout2dImpl)
+  TORCHTL_LEAF_FORWARD(GroupNormImpl)
+  if (auto leaf = std::dynamic_pointer_cast<nn::ConvTranspose2dImpl>(module)) {
+    return [leaf](const torch::Tensor& x) { return leaf->forward(x); };
+  }
 #undef TORCHTL_LEAF_FORWARD
   TORCH_CHECK_TYPE(false, "torchtl cannot run a ", module->name(), " as a tensor-to-tensor module");
 }
@@ -158,9 +171,19 @@ nn::AnyModule to_any_module(const std::shared_ptr<nn::Module>& module) {
   TORCHTL_LEAF_ANY(DropoutImpl)
   TORCHTL_LEAF_ANY(IdentityImpl)
   TORCHTL_LEAF_ANY(FlattenImpl)
+  TORCHTL_LEAF_ANY(SigmoidImpl)
+  TORCHTL_LEAF_ANY(SoftmaxImpl)
+  TORCHTL_LEAF_ANY(LogSoftmaxImpl)
+  TORCHTL_LEAF_ANY(TanhImpl)
+  TORCHTL_LEAF_ANY(UpsampleImpl)
+  TORCHTL_LEAF_ANY(AdaptiveMaxPool2dImpl)
+  TORCHTL_LEAF_ANY(Dropout2dImpl)
+  TORCHTL_LEAF_ANY(GroupNormImpl)
+  TORCHTL_LEAF_ANY(ConvTranspose2dImpl)
 #undef TORCHTL_LEAF_ANY
   TORCH_CHECK_TYPE(false, "a torch::nn::Sequential element can be replaced by a torch.nn layer (Conv2d, BatchNorm2d, FrozenBatchNorm2d, ",
-                   "Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten), not by a ",
+                   "Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten, Sigmoid, Softmax, ",
+                   "LogSoftmax, Tanh, Upsample, AdaptiveMaxPool2d, Dropout2d, GroupNorm, ConvTranspose2d), not by a ",
                    module ? module->name() : std::string("nothing"));
 }
 
@@ -239,6 +262,49 @@ ModuleInfo module_info(const nn::Module& module) {
   } else if (auto* flatten = dynamic_cast<const nn::FlattenImpl*>(&module)) {
     o["start_dim"] = flatten->options.start_dim();
     o["end_dim"] = flatten->options.end_dim();
+  } else if (auto* softmax = dynamic_cast<const nn::SoftmaxImpl*>(&module)) {
+    o["dim"] = softmax->options.dim();
+  } else if (auto* log_softmax = dynamic_cast<const nn::LogSoftmaxImpl*>(&module)) {
+    o["dim"] = log_softmax->options.dim();
+  } else if (auto* up = dynamic_cast<const nn::UpsampleImpl*>(&module)) {
+    const auto& opt = up->options;
+    TORCH_CHECK_TYPE(opt.scale_factor() && !opt.size(), "Upsample is supported with a scale_factor, not a size");
+    const auto& scale = *opt.scale_factor();
+    TORCH_CHECK_TYPE(scale.size() == 2 && scale[0] == scale[1], "Upsample needs one scale_factor for both sides");
+    o["scale_factor"] = scale[0];
+    // "kBilinear" -> torch.nn's "bilinear".
+    auto mode = torch::enumtype::get_enum_name(opt.mode()).substr(1);
+    mode[0] = static_cast<char>(std::tolower(mode[0]));
+    o["mode"] = mode;
+    if (opt.align_corners()) o["align_corners"] = *opt.align_corners();
+  } else if (auto* max_pool = dynamic_cast<const nn::AdaptiveMaxPool2dImpl*>(&module)) {
+    std::vector<int64_t> size;
+    for (const auto& s : *max_pool->options.output_size()) {
+      TORCH_CHECK_TYPE(s.has_value(), "AdaptiveMaxPool2d with a None output size is not supported");
+      size.push_back(*s);
+    }
+    o["output_size"] = size;
+  } else if (auto* dropout2d = dynamic_cast<const nn::Dropout2dImpl*>(&module)) {
+    o["p"] = dropout2d->options.p();
+    o["inplace"] = dropout2d->options.inplace();
+  } else if (auto* gn = dynamic_cast<const nn::GroupNormImpl*>(&module)) {
+    o["num_groups"] = gn->options.num_groups();
+    o["num_channels"] = gn->options.num_channels();
+    o["eps"] = gn->options.eps();
+    o["affine"] = gn->options.affine();
+  } else if (auto* deconv = dynamic_cast<const nn::ConvTranspose2dImpl*>(&module)) {
+    const auto& opt = deconv->options;
+    TORCH_CHECK_TYPE(std::holds_alternative<torch::ExpandingArray<2>>(opt.padding()),
+                     "ConvTranspose2d with string padding is not supported");
+    o["in_channels"] = opt.in_channels();
+    o["out_channels"] = opt.out_channels();
+    o["kernel_size"] = to_vector(opt.kernel_size());
+    o["stride"] = to_vector(opt.stride());
+    o["padding"] = to_vector(std::get<torch::ExpandingArray<2>>(opt.padding()));
+    o["output_padding"] = to_vector(opt.output_padding());
+    o["dilation"] = to_vector(opt.dilation());
+    o["groups"] = opt.groups();
+    o["bias"] = opt.bias();
   }
   return info;
 }
@@ -291,8 +357,49 @@ std::shared_ptr<nn::Module> make_module(const std::string& type, const ModuleOpt
   if (type == "Flatten") {
     return nn::Flatten(nn::FlattenOptions().start_dim(int_option(type, o, "start_dim", 1)).end_dim(int_option(type, o, "end_dim", -1))).ptr();
   }
+  if (type == "Sigmoid") return nn::Sigmoid().ptr();
+  if (type == "Tanh") return nn::Tanh().ptr();
+  if (type == "Softmax") return nn::Softmax(int_option(type, o, "dim")).ptr();
+  if (type == "LogSoftmax") return nn::LogSoftmax(int_option(type, o, "dim")).ptr();
+  if (type == "Upsample") {
+    nn::UpsampleOptions opt;
+    const double scale = float_option(type, o, "scale_factor", 1.0);
+    opt.scale_factor(std::vector<double>{scale, scale});
+    const auto mode = o.count("mode") ? std::get<std::string>(option(type, o, "mode")) : std::string("nearest");
+    if (mode == "nearest") opt.mode(torch::kNearest);
+    else if (mode == "bilinear") opt.mode(torch::kBilinear);
+    else if (mode == "bicubic") opt.mode(torch::kBicubic);
+    else TORCH_CHECK_VALUE(false, "Upsample: mode '", mode, "' is not supported (nearest, bilinear, bicubic)");
+    if (o.count("align_corners")) opt.align_corners(bool_option(type, o, "align_corners", false));
+    return nn::Upsample(opt).ptr();
+  }
+  if (type == "AdaptiveMaxPool2d") {
+    auto size = array_option<2>(type, o, "output_size");
+    return nn::AdaptiveMaxPool2d(nn::AdaptiveMaxPool2dOptions({(*size)[0], (*size)[1]})).ptr();
+  }
+  if (type == "Dropout2d") {
+    return nn::Dropout2d(nn::Dropout2dOptions(float_option(type, o, "p", 0.5)).inplace(bool_option(type, o, "inplace", false))).ptr();
+  }
+  if (type == "GroupNorm") {
+    return nn::GroupNorm(nn::GroupNormOptions(int_option(type, o, "num_groups"), int_option(type, o, "num_channels"))
+                             .eps(float_option(type, o, "eps", 1e-5))
+                             .affine(bool_option(type, o, "affine", true)))
+        .ptr();
+  }
+  if (type == "ConvTranspose2d") {
+    return nn::ConvTranspose2d(nn::ConvTranspose2dOptions(int_option(type, o, "in_channels"), int_option(type, o, "out_channels"),
+                                                          array_option<2>(type, o, "kernel_size"))
+                                   .stride(array_option<2>(type, o, "stride", 1))
+                                   .padding(array_option<2>(type, o, "padding", 0))
+                                   .output_padding(array_option<2>(type, o, "output_padding", 0))
+                                   .dilation(array_option<2>(type, o, "dilation", 1))
+                                   .groups(int_option(type, o, "groups", 1))
+                                   .bias(bool_option(type, o, "bias", true)))
+        .ptr();
+  }
   TORCH_CHECK_TYPE(false, "torchtl cannot build a C++ ", type,
-                   "; supported: Conv2d, BatchNorm2d, FrozenBatchNorm2d, Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten, Sequential");
+                   "; supported: Conv2d, BatchNorm2d, FrozenBatchNorm2d, Linear, ReLU, MaxPool2d, AdaptiveAvgPool2d, Dropout, Identity, Flatten, ",
+                   "Sigmoid, Softmax, LogSoftmax, Tanh, Upsample, AdaptiveMaxPool2d, Dropout2d, GroupNorm, ConvTranspose2d, Sequential");
 }
 
 void adopt_tensors(nn::Module& module, const std::vector<std::pair<std::string, torch::Tensor>>& parameters,

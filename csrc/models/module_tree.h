@@ -56,7 +56,7 @@ void assign_child(torch::nn::Module& parent, const std::string& name, Holder& me
 }
 
 // Constructor arguments of a leaf module, named as torch.nn names them.
-using OptionValue = std::variant<bool, int64_t, double, std::vector<int64_t>>;
+using OptionValue = std::variant<bool, int64_t, double, std::vector<int64_t>, std::string>;
 using ModuleOptions = std::map<std::string, OptionValue>;
 
 struct ModuleInfo {

@@ -36,8 +36,15 @@ def _is_segmentation(model) -> bool:
     return hasattr(model, "backbone") and hasattr(model, "classifier")
 
 
+def _as_segmentation_dict(out):
+    # segmentation_models_pytorch's models return the masks as one tensor, torchvision's a dict.
+    return OrderedDict(out=out) if isinstance(out, torch.Tensor) else out
+
+
 def _heads(model, segmentation: bool):
     """The head_lr group in every mode; the only trained part in feature_extractor mode."""
+    if segmentation and hasattr(model, "segmentation_head"):
+        return [model.segmentation_head]
     if segmentation:
         return [m for m in (model.classifier, getattr(model, "aux_classifier", None)) if m is not None]
     return [model.fc] if hasattr(model, "fc") else []
@@ -133,7 +140,7 @@ def evaluate(model, loader, *, task: str = "classification", device: Optional[st
             x, y = _layout(x.to(device), channels_last), y.to(device)
             with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
                 if segmentation:
-                    out = model(x)
+                    out = _as_segmentation_dict(model(x))
                     loss = _segmentation_loss(out, y, 0.5, ignore_index, class_weights)
                 else:
                     logits = model(x)
@@ -300,13 +307,13 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                 with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
                     if segmentation:
                         if ddp is not None:
-                            out = ddp(x)
+                            out = _as_segmentation_dict(ddp(x))
                         elif extract:
                             with torch.no_grad():
                                 features = model.backbone(x)
                             out = _segmentation_heads(model, features, x.shape[-2:])
                         else:
-                            out = model(x)
+                            out = _as_segmentation_dict(model(x))
                         loss = _segmentation_loss(out, y, aux_weight, ignore_index, weight)
                         logits = None
                     else:
