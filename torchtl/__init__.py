@@ -3,15 +3,18 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
-           "WeightsMismatchError", "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"]
+           "WeightsMismatchError", "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16", "export",
+           "quantize"]
 
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
 # loading torch (seconds). The library loads on first use, torch and torchvision always before the
 # extension.
-_SUBMODULES = {"_C", "data", "engine", "fast_path", "models", "reference", "segmentation", "tools",
-               "weights"}
+_SUBMODULES = {"_C", "data", "engine", "fast_path", "models", "pt2", "quantization", "reference", "segmentation",
+               "tools", "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
 _FAST_PATH = {"exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"}
+# Functions living in a module of another name (torchtl.export is the function, not torchtl/pt2.py).
+_FUNCTIONS = {"export": "torchtl.pt2", "quantize": "torchtl.quantization"}
 
 
 def __getattr__(name):
@@ -22,10 +25,12 @@ def __getattr__(name):
         return importlib.import_module(f"torchtl.{name}")
     if name in _WEIGHTS:
         return getattr(importlib.import_module("torchtl.weights"), name)
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
     if name in _FAST_PATH:
         return getattr(importlib.import_module("torchtl.fast_path"), name)
     raise AttributeError(f"module 'torchtl' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS | _FAST_PATH)
+    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS | _FAST_PATH | set(_FUNCTIONS))

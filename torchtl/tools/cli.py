@@ -182,6 +182,56 @@ def cmd_export_weights(args):
     print(f"wrote {args.out} (traced {args.model}, {sum(p.numel() for p in model.parameters())} parameters)")
 
 
+def _model_to_package(args):
+    """The model ``torchtl export`` / ``quantize`` compile: a model file, or --model with random weights."""
+    import warnings
+
+    import torchtl
+
+    if args.model_file:
+        _existing_file(args.model_file, "model file")
+        return args.model_file
+    if not args.model:
+        raise UsageError("give a model file (a torchtl model file or a C++ program's best.pt), or --model")
+    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _builder(args.model)(**kwargs)
+    print(f"note: no model file given; {args.model} is exported with random weights", file=sys.stderr)
+    return model
+
+
+def _print_parity(record):
+    for inputs, checks in record["checks"].items():
+        for against, d in checks.items():
+            agreement = next(v for k, v in d.items() if k.endswith("_agreement"))
+            print(f"{inputs} inputs {list(record['inputs'][inputs])}, {against.replace('_', ' ')}: "
+                  f"largest error {d['max_abs_error']:.3g} on outputs up to {d['max_abs_reference']:.3g} "
+                  f"(relative {d['relative_error']:.3g}, tolerance {record['tolerance']['relative']:g}), "
+                  f"agreement {agreement:.1%}")
+    speed = record.get("speed")
+    if speed:
+        ratios = ", ".join(f"{k[len('package_vs_'):]} {v:.2f}x" for k, v in speed.items() if k.startswith("package_vs_"))
+        print(f"speed (batch {speed['batch']}, load average {speed['load_average']:.1f}): the package runs at {ratios}")
+
+
+def _package_size(args):
+    if len(args.size) > 2:
+        raise UsageError(f"--size takes SIZE or HEIGHT WIDTH, got {len(args.size)} numbers")
+    return args.size[0] if len(args.size) == 1 else tuple(args.size)
+
+
+def cmd_export(args):
+    import torchtl
+
+    model = _model_to_package(args)
+    device = "cpu" if args.device is None else _device(args.device)
+    record = torchtl.export(model, args.out, example_size=_package_size(args), dynamic_batch=not args.static_batch,
+                            device=device, images=args.images or None)
+    _print_parity(record)
+    print(f"wrote {args.out} and its parity record {os.path.splitext(args.out)[0]}.parity.json")
+
+
 def _train_maps(args):
     """(train, val) as given: --train/--val, or --data-path's train/ and val/ (a VOC root: both splits)."""
     if args.data_path is None:
@@ -601,6 +651,21 @@ def build_parser():
     p.add_argument("--weights", help="weights to export (checkpoint, state dict or archive); default: random init")
     p.add_argument("--num-classes", type=positive_int, help="default: the builder's (1000, or 21 for segmentation)")
     p.add_argument("--size", type=image_size, default=224, help="example input size used for tracing")
+
+    def package_options(p):
+        p.add_argument("model_file", nargs="?", help="torchtl model file (or a C++ program's best.pt)")
+        p.add_argument("--out", required=True, help="package path, e.g. model.pt2")
+        p.add_argument("--model", "--arch", dest="model", help="without a model file: this builder, random weights")
+        p.add_argument("--num-classes", type=positive_int, help="with --model: the head's classes")
+        p.add_argument("--size", type=image_size, nargs="+", default=[224],
+                       help="input size the package takes: SIZE or HEIGHT WIDTH")
+
+    p = add(sub, "export", cmd_export, "compile a model into an AOTInductor package (.pt2) for plain LibTorch, "
+            "checked against torchtl and torchvision (parity record beside it)")
+    package_options(p)
+    p.add_argument("--images", nargs="+", help="image files or folders checked as real inputs (up to 32 images)")
+    p.add_argument("--static-batch", action="store_true", help="a package for batches of 2 only")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]: where the package runs")
 
     train_tasks = tasks(add(sub, "train", cmd_train, "train a model with the C++ engine (checkpoints, "
                             "history.json and config.json in --output-dir)"))
