@@ -1,7 +1,8 @@
-"""Every code block of README.md runs as pasted.
+"""Every code block of README.md and of the pages in docs/ runs as pasted.
 
 ``python`` blocks run each in a fresh interpreter, ``sh`` blocks in bash with ``torchtl`` on the
-PATH, all in README order in one folder that holds the data they name (a small ImageFolder tree
+PATH, all in one folder, README first and then the pages in PAGES order (later blocks use the files
+earlier ones write), that holds the data they name (a small ImageFolder tree
 ``hymenoptera_data``, a VOC-layout set with ``voc_train.txt``/``voc_val.txt``, and weights files).
 A block the test does not run is preceded by ``<!-- not run by tests/test_readme.py: REASON -->``.
 """
@@ -14,13 +15,22 @@ import sys
 import pytest
 import torch
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ["README.md"] + [f"docs/{name}.md" for name in ("data", "training", "command_line", "models", "cpp", "performance")]
 SKIP = re.compile(r"<!-- not run by tests/test_readme\.py: (.+?) -->\s*$")
 
 
+def test_every_page_of_docs_is_run():
+    assert sorted(PAGES[1:]) == sorted(f"docs/{name}" for name in os.listdir(os.path.join(ROOT, "docs")))
+
+
 def blocks():
-    """(line, language, code, reason not run or None) for each fenced block."""
-    lines = open(README, encoding="utf-8").read().splitlines()
+    """(where, language, code, reason not run or None) for each fenced block of every page."""
+    return [block for page in PAGES for block in page_blocks(page)]
+
+
+def page_blocks(page):
+    lines = open(os.path.join(ROOT, page), encoding="utf-8").read().splitlines()
     found, i = [], 0
     while i < len(lines):
         fence = re.match(r"^```(\w*)\s*$", lines[i])
@@ -30,7 +40,7 @@ def blocks():
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
         before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         skip = SKIP.match(before)
-        found.append((i + 1, fence.group(1), "\n".join(lines[i + 1:end]) + "\n", skip and skip.group(1)))
+        found.append((f"{page}:{i + 1}", fence.group(1), "\n".join(lines[i + 1:end]) + "\n", skip and skip.group(1)))
         i = end + 1
     return found
 
@@ -39,7 +49,7 @@ def test_every_block_says_what_it_is():
     all_blocks = blocks()
     assert all_blocks
     for line, language, _, _ in all_blocks:
-        assert language in ("python", "sh"), f"README.md:{line}: a block must be marked python or sh"
+        assert language in ("python", "sh"), f"{line}: a block must be marked python or sh"
     ran = [b for b in all_blocks if b[3] is None]
     assert {b[1] for b in ran} == {"python", "sh"}
 
@@ -83,8 +93,8 @@ def test_blocks_run_as_pasted(folder):
             continue
         argv = [sys.executable, "-c", code] if language == "python" else ["bash", "-e", "-c", code]
         r = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=1200)
-        assert r.returncode == 0, f"README.md:{line} ({language}) failed:\n{code}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        assert r.returncode == 0, f"{line} ({language}) failed:\n{code}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     # What the blocks say they write.
     for path in ("train.txt", "train_classes.txt", "val.txt", "runs/ants_bees/best.pt", "runs/ants/best.pt",
-                 "runs/ants/config.json"):
+                 "runs/ants/config.json", "runs/quick/best.pt", "runs/cli/best.pt"):
         assert (folder / path).is_file(), path
