@@ -76,7 +76,7 @@ def test_a_straying_package_is_refused_and_names_the_gap(package, tmp_path):
     path = tmp_path / "model.pt2"
     path.write_bytes(b"an earlier package")
     with pytest.raises(pt2.ExportParityError, match="refused to write .*model.pt2: the compiled resnet18 on real"):
-        pt2._finish(str(path), None, {}, doctored, pt2.RELATIVE_TOLERANCE)
+        pt2._finish(str(path), None, {}, doctored, gap)
     assert not path.exists()
     beside = json.loads((tmp_path / "model.parity.json").read_text())
     assert beside["accepted"] is False and beside["refused_because"] == gap

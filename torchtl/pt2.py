@@ -228,8 +228,16 @@ def read_package(path) -> dict:
     return out
 
 
-def _compile(program, example, device: str, inductor_configs: Optional[dict]) -> list:
-    configs = {"freezing": True, "aot_inductor.package": True, **(inductor_configs or {})}
+def _runtime_metadata(package: dict, task: str) -> dict:
+    """What a C++ runner needs before it can call the package, as AOTInductor's own metadata
+    (string to string; ``AOTIModelPackageLoader::get_metadata()`` returns it)."""
+    return {"torchtl.task": task, "torchtl.input_size": ",".join(map(str, package["input_size"])),
+            "torchtl.dynamic_batch": "1" if package["dynamic_batch"] else "0", "torchtl.precision": package["precision"]}
+
+
+def _compile(program, example, package: dict, task: str, inductor_configs: Optional[dict]) -> list:
+    configs = {"freezing": True, "aot_inductor.package": True, "aot_inductor.metadata": _runtime_metadata(package, task),
+               **(inductor_configs or {})}
     with torch.no_grad():
         return torch._inductor.aot_compile(program.module(), (example,), options=configs)
 
@@ -282,9 +290,9 @@ def export(model, path, *, example_size=(224, 224), dynamic_batch: bool = True, 
     batch = {0: torch.export.Dim("batch", min=1, max=4096)} if dynamic_batch else None
     with torch.no_grad():
         program = torch.export.export(exported_module, (example,), dynamic_shapes=(batch,) if batch else None)
-    files = _compile(program, example, device, inductor_configs)
     metadata["package"] = {"input_size": list(size), "dynamic_batch": bool(dynamic_batch), "device": device,
                            "precision": "float32", "output": "logits" if task == "classification" else "out scores"}
+    files = _compile(program, example, metadata["package"], task, inductor_configs)
     inputs = {"random": torch.randn(_RANDOM_BATCH if dynamic_batch else 2, 3, *size, device=device)}
     real = _real_inputs(images, size, metadata)
     if real is not None:
@@ -293,11 +301,14 @@ def export(model, path, *, example_size=(224, 224), dynamic_batch: bool = True, 
                                                           "torchvision": lambda x: _scores(twin(x))},
                     tolerance, speed_repeats)
     record.update(builder=metadata.get("builder"), example_size=list(size), dynamic_batch=bool(dynamic_batch))
-    return _finish(path, files, metadata, record, tolerance)
+    return _finish(path, files, metadata, record, check_parity(record, tolerance))
 
 
-def _check(path, files, metadata, task, inputs: dict, references: dict, tolerance, speed_repeats) -> dict:
-    """Packages ``files`` beside ``path``, loads the package and compares it with ``references``."""
+def _check(path, files, metadata, task, inputs: dict, references: dict, tolerance, speed_repeats,
+           speed_batch: Optional[torch.Tensor] = None, speed_runs: Optional[dict] = None) -> dict:
+    """Packages ``files`` beside ``path``, loads the package, compares it with ``references`` on
+    ``inputs`` and times it against ``speed_runs`` (default: the references) on ``speed_batch``
+    (default: the random inputs)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
@@ -308,7 +319,8 @@ def _check(path, files, metadata, task, inputs: dict, references: dict, toleranc
         with torch.no_grad():
             for name, x in inputs.items():
                 checks[name] = compare_outputs(compiled(x), {k: ref(x) for k, ref in references.items()}, task)
-            speed = _speed({"package": compiled, **references}, inputs["random"], speed_repeats) \
+            speed = _speed({"package": compiled, **(speed_runs or references)},
+                           inputs["random"] if speed_batch is None else speed_batch, speed_repeats) \
                 if speed_repeats else None
         del compiled
     device = metadata["package"]["device"]
@@ -318,8 +330,8 @@ def _check(path, files, metadata, task, inputs: dict, references: dict, toleranc
             "inputs": {name: list(x.shape) for name, x in inputs.items()}, "checks": checks, "speed": speed}
 
 
-def _finish(path, files, metadata, record, tolerance, refuse=True) -> dict:
-    gap = check_parity(record, tolerance) if refuse else None
+def _finish(path, files, metadata, record, gap: Optional[str]) -> dict:
+    """Writes the record beside ``path``, and the package when ``gap`` is None; else raises."""
     record["accepted"] = gap is None
     record["refused_because"] = gap
     beside = os.path.splitext(path)[0] + ".parity.json"
