@@ -79,6 +79,14 @@ class _BothSizes(argparse.Action):
         namespace.base_size = namespace.crop_size = values
 
 
+class _SizeGiven(argparse.Action):
+    """--size that remembers it was given (quantize's default is the model file's crop size)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.size = values
+        namespace.size_given = True
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` where there is a default to show."""
 
@@ -230,6 +238,22 @@ def cmd_export(args):
                             device=device, images=args.images or None)
     _print_parity(record)
     print(f"wrote {args.out} and its parity record {os.path.splitext(args.out)[0]}.parity.json")
+
+
+def cmd_quantize(args):
+    import torchtl
+
+    _existing_file(args.calibration, "calibration map file")
+    if args.check:
+        _existing_file(args.check, "check map file")
+    model = _model_to_package(args)
+    size = _package_size(args)
+    record = torchtl.quantize(model, args.calibration, args.out, example_size=size if args.size_given else None,
+                              check_map_file=args.check, calibration_images=args.calibration_images,
+                              min_agreement=args.min_agreement)
+    _print_parity(record)
+    print(f"wrote {args.out} (int8, calibrated on {record['calibration']['images']} images) and its parity record "
+          f"{os.path.splitext(args.out)[0]}.parity.json")
 
 
 def _train_maps(args):
@@ -657,15 +681,27 @@ def build_parser():
         p.add_argument("--out", required=True, help="package path, e.g. model.pt2")
         p.add_argument("--model", "--arch", dest="model", help="without a model file: this builder, random weights")
         p.add_argument("--num-classes", type=positive_int, help="with --model: the head's classes")
-        p.add_argument("--size", type=image_size, nargs="+", default=[224],
-                       help="input size the package takes: SIZE or HEIGHT WIDTH")
 
     p = add(sub, "export", cmd_export, "compile a model into an AOTInductor package (.pt2) for plain LibTorch, "
             "checked against torchtl and torchvision (parity record beside it)")
     package_options(p)
+    p.add_argument("--size", type=image_size, nargs="+", default=[224],
+                   help="input size the package takes: SIZE or HEIGHT WIDTH")
     p.add_argument("--images", nargs="+", help="image files or folders checked as real inputs (up to 32 images)")
     p.add_argument("--static-batch", action="store_true", help="a package for batches of 2 only")
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]: where the package runs")
+
+    p = add(sub, "quantize", cmd_quantize, "int8 AOTInductor package (.pt2) of a classification model for the CPU: "
+            "post-training static quantization calibrated on a map file's images, checked against fp32")
+    package_options(p)
+    p.set_defaults(size_given=False)
+    p.add_argument("--size", type=image_size, nargs="+", action=_SizeGiven, default=[224],
+                   help="input size the package takes (default: the model file's crop size)")
+    p.add_argument("--calibration", required=True, help="map file whose images calibrate the int8 ranges")
+    p.add_argument("--calibration-images", type=positive_int, default=256, help="calibrate on the first N images")
+    p.add_argument("--check", help="map file of the images compared with fp32 (default: the calibration images)")
+    p.add_argument("--min-agreement", type=_number(float, 0, maximum=1.0000001), default=0.99,
+                   help="least top-1 agreement with fp32 accepted")
 
     train_tasks = tasks(add(sub, "train", cmd_train, "train a model with the C++ engine (checkpoints, "
                             "history.json and config.json in --output-dir)"))
