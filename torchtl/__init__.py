@@ -3,16 +3,18 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
-           "WeightsMismatchError", "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16", "export",
-           "quantize"]
+           "WeightsMismatchError", "save_model", "load_model", "read_model_metadata", "Predictor", "Prediction",
+           "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16", "export", "quantize"]
 
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
 # loading torch (seconds). The library loads on first use, torch and torchvision always before the
 # extension.
-_SUBMODULES = {"_C", "data", "engine", "fast_path", "models", "pt2", "quantization", "reference", "segmentation",
-               "tools", "weights"}
+_SUBMODULES = {"_C", "data", "engine", "fast_path", "model_file", "models", "pt2", "quantization", "reference",
+               "segmentation", "tools", "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
 _FAST_PATH = {"exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"}
+_MODEL_FILE = {"save_model", "load_model", "read_model_metadata"}
+_PREDICT = {"Predictor", "Prediction"}  # the C++ classes themselves (csrc/predict/predictor.h)
 # Functions living in a module of another name (torchtl.export is the function, not torchtl/pt2.py).
 _FUNCTIONS = {"export": "torchtl.pt2", "quantize": "torchtl.quantization"}
 
@@ -29,8 +31,12 @@ def __getattr__(name):
         return getattr(importlib.import_module(_FUNCTIONS[name]), name)
     if name in _FAST_PATH:
         return getattr(importlib.import_module("torchtl.fast_path"), name)
+    if name in _PREDICT:
+        return getattr(__getattr__("_C"), name)
+    if name in _MODEL_FILE:
+        return getattr(importlib.import_module("torchtl.model_file"), name)
     raise AttributeError(f"module 'torchtl' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS | _FAST_PATH | set(_FUNCTIONS))
+    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS | _FAST_PATH | _MODEL_FILE | _PREDICT | set(_FUNCTIONS))

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from torchtl import _C, _runlog
+from torchtl import _C, _runlog, model_file
 
 __all__ = ["fit", "evaluate", "default_device", "process_group"]
 
@@ -328,7 +328,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
     channels_last (default True): the fast path of ``torchtl.fast_path`` (weights and batches in
     channels_last during the run, batch norm folded for evaluation); False runs in exact mode.
     checkpoint_dir: ``last.pt`` (each epoch), ``best.pt`` (best finite validation metric of a finite
-    model), ``history.json``, ``metrics.csv`` and, when tensorboard is installed, TensorBoard events in
+    model; for a model of a torchtl builder, a model file that ``torchtl.load_model`` and
+    ``torchtl.Predictor`` open alone, see ``torchtl.model_file``), ``history.json``, ``metrics.csv`` and, when tensorboard is installed, TensorBoard events in
     ``tensorboard/``. A new run refuses a checkpoint_dir holding an earlier run's files;
     ``resume=checkpoint_dir/last.pt`` continues that run and appends to its logs.
     tensorboard: None (events when tensorboard is installed and there is a checkpoint_dir), False,
@@ -387,7 +388,8 @@ def fit(model, train_loader, val_loader=None, *, task: str = "classification", m
                    channels_last=defaults["channels_last"] if channels_last is None else bool(channels_last),
                    cache_features=cache, sync_bn=_sync_bn(model, sync_bn, group),
                    checkpoint_dir=os.fspath(checkpoint_dir) if checkpoint_dir else "",
-                   resume=os.fspath(resume) if resume else "", seed=int(seed), process_group=group)
+                   resume=os.fspath(resume) if resume else "", seed=int(seed), process_group=group,
+                   model_metadata=model_file.fit_metadata(model, train_loader, val_loader))
     bar = progress if callable(progress) else _Bar(bool(progress) and main)
     log = _runlog.RunLog({"engine": "torchtl", "task": task, "mode": mode, "device": str(device), "feature_cache": False},
                          epochs=int(epochs), checkpoint_dir=checkpoint_dir, resume_epoch=resume_epoch,

@@ -8,4 +8,5 @@ void init_models(pybind11::module_& m);
 void init_io(pybind11::module_& m);
 void init_data(pybind11::module_& m);
 void init_engine(pybind11::module_& m);
+void init_predict(pybind11::module_& m);
 }  // namespace torchtl::bindings

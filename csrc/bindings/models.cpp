@@ -6,6 +6,9 @@
 #include <sstream>
 
 #include "bindings/bindings.h"
+#include "data/transforms.h"
+#include "io/load_model.h"
+#include "io/model_file.h"
 #include "io/pretrained.h"
 #include "io/weights.h"
 #include "models/fast_path.h"
@@ -155,6 +158,50 @@ void init_io(py::module_& m) {
       py::arg("module"), py::arg("weights"), py::arg("head_prefixes"), py::arg("strict") = true);
   m.def("save_state_dict", &io::save_state_dict, py::arg("weights"), py::arg("path"),
         py::call_guard<py::gil_scoped_release>());
+  // Model files (io/model_file.h): Python passes the metadata record as JSON text both ways.
+  m.def("read_model_record", &io::read_model_record, py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "check_model_metadata",
+      [](const std::string& json, const std::string& source) { return io::to_json(io::parse_model_metadata(json, source)); },
+      py::arg("json"), py::arg("source"));
+  m.def(
+      "save_model_file",
+      [](const NamedTensors& weights, const std::string& json, const std::string& path) {
+        io::save_model_file(weights, io::parse_model_metadata(json, path), path);
+      },
+      py::arg("weights"), py::arg("metadata"), py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "read_model_file",
+      [](const std::string& path, const std::string& arch, std::optional<int64_t> num_classes) {
+        auto file = io::read_model_file(path, LoadModelOptions().arch(arch).num_classes(num_classes));
+        return py::make_tuple(io::to_json(file.metadata), file.weights);
+      },
+      py::arg("path"), py::arg("arch") = "", py::arg("num_classes") = std::nullopt);
+  m.def("builder_task", &io::builder_task, py::arg("builder"));
+  m.def("default_eval_transform_json", [](const std::string& task) {
+    io::ModelMetadata m;
+    m.task = task;
+    m.transform = io::default_eval_transform(task);
+    return io::Json::parse(io::to_json(m), "").find("transform")->dump();
+  }, py::arg("task"));
+  // The metadata record's "transform" of a torchtl transform (its evaluation preset).
+  m.def(
+      "eval_transform_json",
+      [](const data::ClassificationTransform& t) {
+        io::ModelMetadata m;
+        m.transform = io::eval_transform(t.options());
+        return io::Json::parse(io::to_json(m), "").find("transform")->dump();
+      },
+      py::arg("transform"));
+  m.def(
+      "eval_transform_json",
+      [](const data::SegmentationTransform& t) {
+        io::ModelMetadata m;
+        m.task = "segmentation";
+        m.transform = io::eval_transform(t.options());
+        return io::Json::parse(io::to_json(m), "").find("transform")->dump();
+      },
+      py::arg("transform"));
 }
 
 }  // namespace torchtl::bindings

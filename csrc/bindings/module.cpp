@@ -6,4 +6,5 @@ PYBIND11_MODULE(_C, m) {
   torchtl::bindings::init_io(m);
   torchtl::bindings::init_data(m);
   torchtl::bindings::init_engine(m);
+  torchtl::bindings::init_predict(m);
 }

@@ -300,6 +300,18 @@ torch::Tensor read_image(const std::string& path) {
   }
 }
 
+void write_png(const torch::Tensor& image, const std::string& path) {
+  TORCH_CHECK_VALUE(image.dim() == 3 && (image.size(0) == 1 || image.size(0) == 3) && image.scalar_type() == torch::kUInt8,
+                    "write_png('", path, "') takes a uint8 1 x H x W or 3 x H x W image, got ", image.scalar_type(), " ",
+                    image.sizes());
+  load_image_ops();
+  TORCH_CHECK(registered("torchcodec_ns::encode_png_to_file"), "write_png('", path,
+              "') needs TorchCodec's image library, which is not loaded: ", image_backend_fallback_reason());
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("torchcodec_ns::encode_png_to_file", "");
+  std::vector<c10::IValue> stack{image.cpu().contiguous(), path, static_cast<int64_t>(6)};
+  op.callBoxed(&stack);
+}
+
 torch::Tensor decode_rgb(const torch::Tensor& data) {
   auto image = decode(data, ReadMode::RGB);
   if (image.scalar_type() == torch::kUInt16) {

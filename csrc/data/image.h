@@ -60,6 +60,9 @@ int jpeg_exif_orientation(const torch::Tensor& data);
 // EXIF orientation turns them (which nvJPEG ignores), are decoded by decode_rgb and copied there.
 std::vector<torch::Tensor> decode_rgb_on(const std::vector<torch::Tensor>& data, const torch::Device& device);
 
+// Writes a 1 x H x W (gray) or 3 x H x W (RGB) uint8 image as a PNG file, with TorchCodec's encoder.
+void write_png(const torch::Tensor& image, const std::string& path);
+
 // H x W class indices (uint8, or int32 for 16-bit PNGs), exactly the stored values: palette
 // indices for palette PNGs, gray values for gray PNGs; never colour-converted. Masks that
 // decode to more than one channel throw.

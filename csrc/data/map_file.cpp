@@ -397,4 +397,22 @@ int64_t write_voc_map(const std::string& root, const std::string& split, const s
   return count;
 }
 
+std::string classes_path_for(const std::string& map_path) {
+  const fs::path path(map_path);
+  return (path.parent_path() / (path.stem().string() + "_classes" + path.extension().string())).string();
+}
+
+std::optional<std::vector<std::string>> read_map_classes(const std::string& map_path) {
+  const auto path = classes_path_for(map_path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::vector<std::string> classes;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) classes.push_back(line);
+  }
+  return classes;
+}
+
 }  // namespace torchtl::data

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,13 @@ const std::vector<std::string>& image_extensions();
 // folder when possible. Both files are written whole or not at all (a temporary file renamed
 // over the old one). Returns the number of samples written.
 int64_t write_image_folder_map(const std::string& root, const std::string& map_path, const std::string& classes_path);
+
+// The classes file torchtl.data.write_map_file writes beside `map_path` (train.txt ->
+// train_classes.txt, val.tsv -> val_classes.tsv: torchtl.data.classes_path_for), and its class
+// names, one a line; nothing when there is no such file. What a C++ program records in its
+// model file's metadata.
+std::string classes_path_for(const std::string& map_path);
+std::optional<std::vector<std::string>> read_map_classes(const std::string& map_path);
 
 // VOC tree (JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt)
 // -> `image<TAB>mask` map file. Every listed id must have both files. Returns the count.

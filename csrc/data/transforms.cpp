@@ -267,10 +267,17 @@ std::pair<torch::Tensor, torch::Tensor> SegmentationTransform::operator()(const 
     m = m.slice(1, top, top + c).slice(2, left, left + c);
   } else {
     auto hw = resized_size(x.size(1), x.size(2), o.base_size());
-    x = resize(x, hw[0], hw[1]);
     m = resize(m, hw[0], hw[1], Interpolation::Nearest);
+    return {eval_image(image), m[0].to(torch::kInt64)};
   }
   return {to_float_normalized(x, o.mean(), o.std()), m[0].to(torch::kInt64)};
+}
+
+torch::Tensor SegmentationTransform::eval_image(const torch::Tensor& image) const {
+  check_image(image, "segmentation_transform");
+  const auto& o = options_;
+  auto hw = resized_size(image.size(1), image.size(2), o.base_size());
+  return to_float_normalized(resize(image, hw[0], hw[1]), o.mean(), o.std());
 }
 
 std::string SegmentationTransform::repr() const {

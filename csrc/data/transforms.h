@@ -92,6 +92,9 @@ class SegmentationTransform {
   // (uint8 3 x H x W image, H x W mask) -> (float32 3 x h x w, int64 h x w).
   std::pair<torch::Tensor, torch::Tensor> operator()(const torch::Tensor& image, const torch::Tensor& mask,
                                                      at::Generator& generator) const;
+  // The evaluation transform of an image alone (prediction, where there is no mask): uint8
+  // 3 x H x W -> float32 3 x h x w, the image that operator() returns in eval mode.
+  torch::Tensor eval_image(const torch::Tensor& image) const;
   const SegmentationTransformOptions& options() const { return options_; }
   std::string repr() const;
 

@@ -55,6 +55,9 @@ namespace torchtl::engine {
   X(bool, sync_bn, false)                                                                               \
   X(std::string, checkpoint_dir, "") /* best.pt (by validation metric) and last.pt */                   \
   X(std::string, resume, "") /* a last.pt to continue from */                                           \
+  /* The JSON record of io/model_file.h that best.pt carries beside its weights; empty: a bare state  \
+     dict. */                                                                                           \
+  X(std::string, model_metadata, "")                                                                    \
   X(uint64_t, seed, 0)                                                                                  \
   /* Data-parallel training over this c10d group (see engine/distributed.h); null: one process. */    \
   X(c10::intrusive_ptr<c10d::ProcessGroup>, process_group, {})

@@ -13,6 +13,7 @@
 #include "engine/optimizer.h"
 #include "engine/schedule.h"
 #include "engine/train_one_epoch.h"
+#include "io/model_file.h"
 #include "io/weights.h"
 #include "models/fast_path.h"
 
@@ -38,6 +39,9 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
               const BatchSource* unsharded_val, const FitOptions& o, const ProgressFn& progress,
               const EpochEndFn& epoch_end, const WarningFn& warning) {
   models::ExactModeGuard exact(models::exact_mode() || !o.channels_last());
+  // Checked before the first epoch, so bad metadata fails at once rather than at the first best.pt.
+  std::optional<io::ModelMetadata> metadata;
+  if (!o.model_metadata().empty()) metadata = io::parse_model_metadata(o.model_metadata(), "fit's model_metadata");
   ModelParts view(model, o.task());
   // Each rank trains on an equal share and validates on a disjoint one (exact summed metrics).
   const Distributed distributed(o.process_group(), resolve_device(o.device()));
@@ -132,7 +136,11 @@ FitResult fit(const std::shared_ptr<torch::nn::Module>& model, const BatchSource
       if (std::isfinite(metric) && (no_best || metric > state.best_metric) && view.all_finite()) {
         state.best_metric = metric;
         state.best_epoch = epoch;
-        if (writes) io::save_weights(*model, o.checkpoint_dir() + "/best.pt");
+        if (writes) {
+          const auto best = o.checkpoint_dir() + "/best.pt";
+          if (metadata) io::save_model_file(io::state_dict(*model), *metadata, best);
+          else io::save_weights(*model, best);
+        }
       }
     }
     state.epochs_done = epoch + 1;

@@ -148,7 +148,8 @@ LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool
   return load_state_dict(module, read_weights(path), strict);
 }
 
-void save_pickle(const c10::IValue& value, const std::string& path) {
+void save_pickle(const c10::IValue& value, const std::string& path,
+                 const std::vector<std::pair<std::string, std::string>>& extra_records) {
   // torch::pickle_save would tag dicts with their C++ type, which torch.load(weights_only=True)
   // refuses; an untagged pickle in torch.save's zip layout loads as plain dicts and lists.
   std::vector<char> pickled;
@@ -169,6 +170,7 @@ void save_pickle(const c10::IValue& value, const std::string& path) {
       auto data = torch::jit::getWriteableTensorData(tensors[i]);
       writer.writeRecord("data/" + std::to_string(i), data.data(), data.sizeInBytes());
     }
+    for (const auto& [name, bytes] : extra_records) writer.writeRecord(name, bytes.data(), bytes.size());
     writer.writeEndOfFile();
   }
   int fd = ::open(tmp.c_str(), O_RDONLY);

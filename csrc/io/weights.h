@@ -37,7 +37,10 @@ LoadResult load_weights(torch::nn::Module& module, const std::string& path, bool
 
 // Writes `value` (dicts, lists, strings, numbers, tensors) in torch.save's format, atomically:
 // Python reads it with torch.load(path) (weights_only). Checkpoints are written with this.
-void save_pickle(const c10::IValue& value, const std::string& path);
+// `extra_records` (name, bytes) are written into the same archive, where torch.load ignores them
+// (a model file's metadata, io/model_file.h).
+void save_pickle(const c10::IValue& value, const std::string& path,
+                 const std::vector<std::pair<std::string, std::string>>& extra_records = {});
 c10::IValue load_pickle(const std::string& path);
 // A state dict as a dict IValue (tensors detached, on the CPU), for save_pickle.
 c10::IValue to_ivalue(const StateDict& weights);

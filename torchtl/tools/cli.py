@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 EXIT_ERROR = 1
@@ -506,70 +505,77 @@ def _images(paths):
     return found
 
 
-def _read_image(path):
+def _model_file(checkpoint, args, folder):
+    """The model file to predict with: the checkpoint itself when it carries torchtl's metadata and no
+    flag overrides it, else one written into ``folder`` from config.json and the flags (an earlier
+    run's bare best.pt)."""
+    import torchtl
     from torchtl import data
 
-    try:
-        return data.read_image(path)
-    except RuntimeError as e:
-        # torchvision's decoder names its own function and source file ("decode_image, .../decode_image.cpp:43,
-        # Unsupported image file. ..."), not the image: keep its reason, name the image.
-        reason = re.sub(r"^\w+, \S+:\d+, ", "", str(e).strip()) or type(e).__name__
-        raise ValueError(f"{path}: cannot read this image: {reason}") from None
+    _existing_file(checkpoint, "checkpoint")
+    if torchtl.read_model_metadata(checkpoint) is not None and args.model is None and args.num_classes is None \
+            and args.size is None:
+        return checkpoint
+    config = _load_config(checkpoint, args)
+    model = _load_model(checkpoint, config)
+    size = config["size"]
+    mean, std = list(data.IMAGENET_MEAN), list(data.IMAGENET_STD)
+    if config["task"] == "segmentation":
+        transform = {"resize_size": size, "mean": mean, "std": std}
+    else:
+        transform = {"resize_size": size if size < 128 else size * 256 // 224, "crop_size": size,
+                     "interpolation": "bilinear", "mean": mean, "std": std}
+    return torchtl.save_model(model, os.path.join(folder, "model.pt"), classes=config.get("classes"),
+                              transform=transform)
 
 
 def cmd_predict(args):
+    import tempfile
+
     import torch
     from torchvision.io import write_png
-    from torchvision.transforms.v2 import functional as TF
 
+    import torchtl
     from torchtl import data
     from torchtl.tools import compare
 
-    config = _load_config(args.checkpoint, args)
     device = _device(args.device)
     images = _images(args.images)
-    segmentation = config["task"] == "segmentation"
-    if segmentation:
-        stems = {}
-        for path in images:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            if stem in stems:
-                raise UsageError(f"{stems[stem]} and {path} would both write {stem}_mask.png into {args.out}")
-            stems[stem] = path
-            for suffix in ("_mask.png", "_overlay.png"):
-                earlier = os.path.join(args.out, stem + suffix)
-                if os.path.exists(earlier):
-                    raise UsageError(f"{earlier} exists (an earlier predict wrote it?); it is never overwritten: "
-                                     "choose another --out or move it away")
-    model = _load_model(args.checkpoint, config).to(device).eval()
-    size = config["size"]
+    with tempfile.TemporaryDirectory() as folder:
+        # torchtl.Predictor is the C++ Predictor that the C++ predict program runs: one implementation.
+        predictor = torchtl.Predictor(_model_file(args.checkpoint, args, folder), device=device,
+                                      batch_size=args.batch_size, num_workers=args.workers)
+    if predictor.task == "classification":
+        for path, predictions in zip(images, predictor.classify(images, topk=args.topk)):
+            if args.json:
+                print(json.dumps({"image": path, "predictions": [
+                    {"index": p.index, "label": p.label, "probability": p.probability} for p in predictions]}))
+            else:
+                print(path + ": " + ", ".join(f"{p.label} {p.probability:.3f}" for p in predictions))
+        return
+    stems = {}
     for path in images:
-        image = _read_image(path)
-        if not segmentation:
-            x = data.classification_transform(train=False, size=size,
-                                              resize_size=size if size < 128 else size * 256 // 224)(image, seed=0)
-            with torch.no_grad():
-                probs = model(x[None].to(device)).softmax(1)[0].cpu()
-            top = probs.topk(min(args.topk, probs.numel()))
-            names = config.get("classes") or [str(i) for i in range(probs.numel())]
-            print(path + ": " + ", ".join(f"{names[i]} {p:.3f}" for p, i in zip(top.values.tolist(),
-                                                                             top.indices.tolist())))
-            continue
-        # The model sees the shorter side at the training size, as in evaluation; its scores are
-        # resized back to the image before the argmax, so the mask matches the input pixel for pixel.
-        resized = TF.resize(image, [size], antialias=True)
-        x = TF.normalize(resized.float() / 255, list(data.IMAGENET_MEAN), list(data.IMAGENET_STD))
-        with torch.no_grad():
-            scores = model(x[None].to(device))["out"]
-            scores = torch.nn.functional.interpolate(scores, size=image.shape[-2:], mode="bilinear",
-                                                     align_corners=False)
-        mask = scores.argmax(1)[0].cpu()
-        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise UsageError(f"{stems[stem]} and {path} would both write {stem}_mask.png into {args.out}")
+        stems[stem] = path
+        for suffix in ("_mask.png", "_overlay.png"):
+            earlier = os.path.join(args.out, stem + suffix)
+            if os.path.exists(earlier):
+                raise UsageError(f"{earlier} exists (an earlier predict wrote it?); it is never overwritten: "
+                                 "choose another --out or move it away")
+    # The masks are at each image's own size: the scores are resized back before the argmax.
+    masks = predictor.segment(images)
+    os.makedirs(args.out, exist_ok=True)
+    for path, mask in zip(images, masks):
         stem = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0])
         write_png(mask.to(torch.uint8)[None], stem + "_mask.png")
-        write_png(compare.overlay(image, mask), stem + "_overlay.png")
-        present = torch.bincount(mask.flatten(), minlength=config["num_classes"])
+        write_png(compare.overlay(data.read_image(path), mask), stem + "_overlay.png")
+        present = torch.bincount(mask.flatten())
+        if args.json:
+            print(json.dumps({"image": path, "mask": stem + "_mask.png", "overlay": stem + "_overlay.png",
+                              "pixels": present.tolist()}))
+            continue
         share = ", ".join(f"class {c} {n / mask.numel():.1%}" for c, n in enumerate(present.tolist()) if n)
         print(f"{path}: wrote {stem}_mask.png (class indices) and {stem}_overlay.png ({share})")
 
@@ -772,13 +778,19 @@ def build_parser():
 
     p = add(sub, "predict", cmd_predict, "top-k classes, or a class-index mask and an overlay PNG, for images")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a train run (config.json beside it)")
+    p.add_argument("--checkpoint", required=True,
+                   help="model file: best.pt of a train run or torchtl.save_model's file (required)")
     p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (at most all)")
     p.add_argument("--out", default="predictions",
                    help="segmentation: folder for <image>_mask.png (class indices) and <image>_overlay.png")
-    p.add_argument("--model", "--arch", dest="model", help="default: from config.json")
-    p.add_argument("--num-classes", type=positive_int, help="default: from config.json")
-    p.add_argument("--size", type=image_size, help="default: from config.json")
+    p.add_argument("--json", action="store_true", help="one JSON object a line instead of text")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=8, help="images per model call (classification)")
+    p.add_argument("-j", "--workers", type=nonnegative_int, default=2,
+                   help="C++ loader threads that decode while the model runs")
+    p.add_argument("--model", "--arch", dest="model",
+                   help="default: the model file's metadata (an older run's bare best.pt: config.json)")
+    p.add_argument("--num-classes", type=positive_int, help="default: the model file's metadata, or config.json")
+    p.add_argument("--size", type=image_size, help="default: the model file's metadata, or config.json")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
 
     compare = add(sub, "compare", cmd_compare,

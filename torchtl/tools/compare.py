@@ -18,7 +18,7 @@ import warnings
 import torch
 
 import torchtl
-from torchtl import data
+from torchtl import _C, data
 
 __all__ = ["classification_loaders", "segmentation_loaders", "compare_classification", "compare_segmentation",
            "format_table", "resolve_map", "PALETTE"]
@@ -26,10 +26,8 @@ __all__ = ["classification_loaders", "segmentation_loaders", "compare_classifica
 SCENARIOS = ("scratch", "finetune", "feature_extractor")
 
 # VOC's colour map, so real VOC masks and the demo's look alike.
-PALETTE = torch.tensor([[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128],
-                        [0, 128, 128], [128, 128, 128], [64, 0, 0], [192, 0, 0], [64, 128, 0], [192, 128, 0],
-                        [64, 0, 128], [192, 0, 128], [64, 128, 128], [192, 128, 128], [0, 64, 0], [128, 64, 0],
-                        [0, 192, 0], [128, 192, 0], [0, 64, 128]], dtype=torch.uint8)
+# The VOC palette overlays draw classes in (csrc/predict/overlay.h, which draws the C++ programs' overlays too).
+PALETTE = _C.voc_palette()
 
 
 def resolve_map(path, out_dir, name: str) -> str:
@@ -260,11 +258,7 @@ def compare_classification(train, val, out_dir, *, weights=None, arch="resnet18"
 
 def overlay(image_u8, mask, alpha=0.5):
     """Colours class indices (VOC palette; 255 = white border) over a uint8 3xHxW image."""
-    colours = PALETTE[mask.clamp(max=len(PALETTE) - 1).long()].permute(2, 0, 1)
-    colours[:, mask == 255] = 255
-    blend = image_u8.float() * (1 - alpha) + colours.float() * alpha
-    keep = (mask == 0).expand_as(blend)
-    return torch.where(keep, image_u8.float(), blend).round().to(torch.uint8)
+    return _C.overlay_mask(image_u8, mask, alpha)
 
 
 def predict_masks(model, images, device="cpu"):
