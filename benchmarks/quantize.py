@@ -47,7 +47,7 @@ def main():
             transform = {"resize_size": size, "crop_size": size, "interpolation": "bilinear",
                          "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
             record = torchtl.quantize(model, source["train"], os.path.join(out_dir, f"resnet18_int8_{size}.pt2"),
-                                      check_map_file=source["val"], metadata={"classes": classes, "transform": transform},
+                                      check_map_file=source["val"], classes=classes, transform=transform,
                                       calibration_images=256, speed_repeats=args.repeats, min_agreement=0.0)
             real = record["checks"]["real"]
             speed = record["speed"]

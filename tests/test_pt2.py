@@ -15,6 +15,9 @@ from torchtl import pt2
 from torchtl.tools import cli, demo_data
 
 SIZE = 64
+CLASSES = ["circle", "square", "triangle"]
+TRANSFORM = {"resize_size": SIZE, "crop_size": SIZE, "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+             "std": [0.229, 0.224, 0.225]}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def package(tmp_path_factory):
     model = torchtl.models.resnet18(num_classes=3).eval()
     path = root / "resnet18.pt2"
     record = torchtl.export(model, path, example_size=SIZE, images=root / "shapes" / "val",
-                            metadata={"classes": ["circle", "square", "triangle"]}, speed_repeats=2)
+                            classes=CLASSES, transform=TRANSFORM, speed_repeats=2)
     return model, path, record
 
 
@@ -49,10 +52,10 @@ def test_the_record_lies_inside_the_package_and_beside_it(package):
     assert inside["parity"] == beside == json.loads(json.dumps(record))
     meta = inside["model"]
     assert meta["builder"] == "resnet18" and meta["task"] == "classification"
-    assert meta["classes"] == ["circle", "square", "triangle"] and meta["builder_args"]["num_classes"] == 3
-    assert meta["transform"]["crop_size"] == 224 and len(meta["transform"]["mean"]) == 3
-    assert meta["package"] == {"input_size": [SIZE, SIZE], "dynamic_batch": True, "device": "cpu",
-                               "precision": "float32", "output": "logits"}
+    assert meta["classes"] == CLASSES and meta["builder_args"]["num_classes"] == 3 and meta["transform"] == TRANSFORM
+    assert meta == torchtl.read_model_metadata(path)  # the very record of a model file
+    assert {k: record[k] for k in ("input_size", "dynamic_batch", "device", "precision", "output")} == {
+        "input_size": [SIZE, SIZE], "dynamic_batch": True, "device": "cpu", "precision": "float32", "output": "logits"}
 
 
 def test_the_package_takes_any_batch_size(package):
@@ -62,6 +65,17 @@ def test_the_package_takes_any_batch_size(package):
         x = torch.randn(batch, 3, SIZE, SIZE)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_predictor_runs_a_package_as_it_runs_the_model_file(package, tmp_path):
+    model, path, _ = package
+    model_file = torchtl.save_model(model, tmp_path / "resnet18.pt", classes=CLASSES, transform=TRANSFORM)
+    images = sorted(str(p) for p in (path.parent / "shapes" / "val").rglob("*.png"))
+    from_file = torchtl.Predictor(model_file, device="cpu").classify(images, topk=3)
+    from_package = torchtl.Predictor(str(path)).classify(images, topk=3)
+    for a, b in zip(from_file, from_package):
+        assert [p.label for p in a] == [p.label for p in b]
+        assert [p.probability for p in a] == pytest.approx([p.probability for p in b], abs=1e-5)
 
 
 def test_a_straying_package_is_refused_and_names_the_gap(package, tmp_path):

@@ -34,7 +34,7 @@ def int8(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pt2, "_compile", compile_once)
         record = torchtl.quantize(model, maps["train"], root / "int8.pt2", check_map_file=maps["val"],
-                                  metadata={"transform": TRANSFORM}, min_agreement=0.0, speed_repeats=2)
+                                  transform=TRANSFORM, min_agreement=0.0, speed_repeats=2)
     return model, maps, root, record, compiled[0]
 
 
@@ -47,7 +47,7 @@ def test_the_int8_package_runs_and_stays_near_fp32(int8):
     assert 0 < d["relative_error"] < 0.2, d
     assert {"package_vs_torchtl", "package_vs_torchvision"} <= set(record["speed"])
     meta = pt2.read_package(root / "int8.pt2")["model"]
-    assert meta["package"]["precision"] == "int8" and meta["transform"] == TRANSFORM
+    assert meta["transform"] == TRANSFORM and record["input_size"] == [SIZE, SIZE]
     compiled = torch._inductor.aoti_load_package(str(root / "int8.pt2"))
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_int8_below_the_agreement_asked_is_refused(int8, monkeypatch):
     with pytest.raises(pt2.ExportParityError, match=r"agrees with torchtl's fp32 top-1 on .* of the 6 images, below "
                                                     r"the 101.0% asked"):
         torchtl.quantize(model, maps["train"], root / "refused.pt2", check_map_file=maps["val"],
-                         metadata={"transform": TRANSFORM}, min_agreement=1.01, speed_repeats=0)
+                         transform=TRANSFORM, min_agreement=1.01, speed_repeats=0)
     assert not (root / "refused.pt2").exists()
     assert json.loads((root / "refused.parity.json").read_text())["accepted"] is False
 

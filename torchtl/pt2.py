@@ -7,9 +7,9 @@ on random inputs, and on real images when given, with two references: torchtl's 
 torchvision's eager model holding the same weights. The comparison is the package's *parity
 record*: the largest error against each reference, top-1 (classification) or per-pixel mask
 (segmentation) agreement, and the speed against each. The record is written into the package
-(``extra/torchtl_parity.json``) and beside it (``model.parity.json``); the model file's metadata
-(classes, evaluation transform) travels as ``extra/torchtl_model.json``, the record a model file
-holds, plus a ``"package"`` entry saying what input the package takes.
+(``extra/torchtl_parity.json``) and beside it (``model.parity.json``), with what the package takes
+(input size, batch, device, precision); the model file's metadata (classes, evaluation transform)
+travels as ``extra/torchtl_model.json``, the very record a model file holds.
 
 A package that strays further than ``RELATIVE_TOLERANCE`` from either reference is refused:
 ``ExportParityError`` names the reference, the inputs and the gap, the record beside the path says
@@ -28,7 +28,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -64,41 +64,29 @@ def _scores(output):
     return output["out"] if isinstance(output, dict) else output
 
 
-def _task_of(model: nn.Module) -> str:
-    from torchtl import segmentation
+def _open(model, classes=None, transform=None):
+    """(torchtl model, its model-file metadata) from a model file path or a torchtl module.
+    ``classes`` / ``transform`` replace the file's (a module: torchtl.save_model's defaults)."""
+    import torchtl
+    from torchtl import model_file
 
-    return "segmentation" if isinstance(model, segmentation.SegmentationModel) else "classification"
-
-
-def _open(model, metadata: Optional[dict]):
-    """(torchtl model, its model-file metadata) from a model file path or a torchtl module."""
     if isinstance(model, (str, os.PathLike)):
-        import torchtl
-
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model file not found: {path}")
-        loaded = torchtl.load_model(path)
-        return loaded, dict(torchtl.read_model_metadata(path), **(metadata or {}))
+        model = torchtl.load_model(model)
+        metadata = model.torchtl_metadata
+        if classes is None and transform is None:
+            return model, dict(metadata)
+        return model, model_file.model_metadata(
+            model, classes=metadata["classes"] if classes is None else classes,
+            transform=metadata["transform"] if transform is None else transform)
     if not hasattr(model, "to_torchvision") or not hasattr(model, "_builder"):
         raise TypeError(f"export takes a torchtl model or the path of a torchtl model file, got "
                         f"{type(model).__name__}; build the model with torchtl.models or torchtl.segmentation "
                         "(any torchvision weights load into them)")
-    return model, dict(_module_metadata(model), **(metadata or {}))
-
-
-def _module_metadata(model: nn.Module) -> dict:
-    """What a model file would say about ``model`` (no classes, torchvision's evaluation transform)."""
-    import torchtl
-    from torchtl import data
-
-    _, builder, builder_args = model._builder
-    task = _task_of(model)
-    transform = ({"resize_size": 256, "crop_size": 224, "interpolation": "bilinear"} if task == "classification"
-                 else {"resize_size": 520})
-    transform.update(mean=list(data.IMAGENET_MEAN), std=list(data.IMAGENET_STD))
-    return {"format": "torchtl.model", "format_version": 1, "torchtl_version": torchtl.__version__, "task": task,
-            "builder": builder, "builder_args": dict(builder_args), "classes": None, "transform": transform}
+    known = getattr(model, "torchtl_metadata", None)
+    if known is not None and classes is None and transform is None:
+        return model, dict(known)
+    return model, model_file.model_metadata(model, classes=classes, transform="default" if transform is None
+                                            else transform)
 
 
 def _size_pair(example_size) -> tuple[int, int]:
@@ -258,7 +246,7 @@ def _check_device(device) -> str:
 
 
 def export(model, path, *, example_size=(224, 224), dynamic_batch: bool = True, device="cpu", images=None,
-           metadata: Optional[dict] = None, tolerance: float = RELATIVE_TOLERANCE, speed_repeats: int = 5,
+           classes=None, transform=None, tolerance: float = RELATIVE_TOLERANCE, speed_repeats: int = 5,
            inductor_configs: Optional[dict] = None) -> dict:
     """Compiles ``model`` (a torchtl module, or the path of a torchtl model file, a C++ program's
     ``best.pt`` included) into an AOTInductor package at ``path`` (``.pt2``) and returns its parity
@@ -269,7 +257,9 @@ def export(model, path, *, example_size=(224, 224), dynamic_batch: bool = True, 
         dynamic_batch: the package takes any batch size; else only batches of 2, the example's.
         device: "cpu" (default) or a CUDA device, which the package then runs on.
         images: image files or folders whose images (up to 32) join the check as real inputs.
-        metadata: fields that override the model file's (e.g. ``{"classes": [...]}`` for a module).
+        classes, transform: the class names and evaluation transform the package carries, as
+            ``torchtl.save_model`` takes them (default: the model file's; a module: none, and the
+            references' preset).
         tolerance: the largest relative error accepted against either reference.
         inductor_configs: extra ``torch._inductor`` options (freezing is on).
 
@@ -281,8 +271,8 @@ def export(model, path, *, example_size=(224, 224), dynamic_batch: bool = True, 
         raise ValueError(f"an AOTInductor package's name ends in .pt2, got {path}")
     size = _size_pair(example_size)
     device = _check_device(device)
-    model, metadata = _open(model, metadata)
-    task = metadata.get("task") or _task_of(model)
+    model, metadata = _open(model, classes, transform)
+    task = metadata["task"]
     model = model.eval().to(device)
     twin = model.to_torchvision().eval()
     exported_module = _MainOutput(model) if task == "segmentation" else model
@@ -290,21 +280,21 @@ def export(model, path, *, example_size=(224, 224), dynamic_batch: bool = True, 
     batch = {0: torch.export.Dim("batch", min=1, max=4096)} if dynamic_batch else None
     with torch.no_grad():
         program = torch.export.export(exported_module, (example,), dynamic_shapes=(batch,) if batch else None)
-    metadata["package"] = {"input_size": list(size), "dynamic_batch": bool(dynamic_batch), "device": device,
-                           "precision": "float32", "output": "logits" if task == "classification" else "out scores"}
-    files = _compile(program, example, metadata["package"], task, inductor_configs)
+    package = {"input_size": list(size), "dynamic_batch": bool(dynamic_batch), "device": device,
+               "precision": "float32", "output": "logits" if task == "classification" else "out scores"}
+    files = _compile(program, example, package, task, inductor_configs)
     inputs = {"random": torch.randn(_RANDOM_BATCH if dynamic_batch else 2, 3, *size, device=device)}
     real = _real_inputs(images, size, metadata)
     if real is not None:
         inputs["real"] = real.to(device)
-    record = _check(path, files, metadata, task, inputs, {"torchtl": lambda x: _scores(model(x)),
+    record = _check(path, files, metadata, package, task, inputs, {"torchtl": lambda x: _scores(model(x)),
                                                           "torchvision": lambda x: _scores(twin(x))},
                     tolerance, speed_repeats)
-    record.update(builder=metadata.get("builder"), example_size=list(size), dynamic_batch=bool(dynamic_batch))
+    record["builder"] = metadata["builder"]
     return _finish(path, files, metadata, record, check_parity(record, tolerance))
 
 
-def _check(path, files, metadata, task, inputs: dict, references: dict, tolerance, speed_repeats,
+def _check(path, files, metadata, package, task, inputs: dict, references: dict, tolerance, speed_repeats,
            speed_batch: Optional[torch.Tensor] = None, speed_runs: Optional[dict] = None) -> dict:
     """Packages ``files`` beside ``path``, loads the package, compares it with ``references`` on
     ``inputs`` and times it against ``speed_runs`` (default: the references) on ``speed_batch``
@@ -323,9 +313,8 @@ def _check(path, files, metadata, task, inputs: dict, references: dict, toleranc
                            inputs["random"] if speed_batch is None else speed_batch, speed_repeats) \
                 if speed_repeats else None
         del compiled
-    device = metadata["package"]["device"]
     return {"format": _PARITY_FORMAT, "format_version": 1, "package": os.path.basename(path), "task": task,
-            "device": device, "precision": metadata["package"]["precision"], "torch_version": torch.__version__,
+            **package, "torch_version": torch.__version__,
             "tolerance": {"relative": tolerance, "of": "largest |error| / largest |reference output|"},
             "inputs": {name: list(x.shape) for name, x in inputs.items()}, "checks": checks, "speed": speed}
 

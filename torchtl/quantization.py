@@ -83,7 +83,7 @@ def _int8_program(model, example, calibration: torch.Tensor, batch_size: int, dy
 
 def quantize(model_file, calibration_map_file, out, *, example_size=None, check_map_file=None,
              calibration_images: Optional[int] = 256, batch_size: int = 8, dynamic_batch: bool = True,
-             metadata: Optional[dict] = None, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+             classes=None, transform=None, min_agreement: float = DEFAULT_MIN_AGREEMENT,
              speed_repeats: int = 5) -> dict:
     """Writes an int8 AOTInductor package of a classification model to ``out`` (``.pt2``) and returns
     its parity record.
@@ -94,7 +94,7 @@ def quantize(model_file, calibration_map_file, out, *, example_size=None, check_
             ``calibration_images``; None: all) calibrate the activation ranges.
         example_size: the input size the package takes (default: the model file's crop size).
         check_map_file: the images the int8 model is compared on (default: the calibration images).
-        metadata: fields that override the model file's (``{"transform": ...}`` for a module).
+        classes, transform: as for ``torchtl.export`` (default: the model file's).
         min_agreement: the least top-1 agreement with fp32 accepted.
 
     Raises pt2.ExportParityError (writing only the record beside ``out``) when top-1 agreement with
@@ -105,23 +105,23 @@ def quantize(model_file, calibration_map_file, out, *, example_size=None, check_
     out = os.fspath(out)
     if not out.endswith(".pt2"):
         raise ValueError(f"an AOTInductor package's name ends in .pt2, got {out}")
-    model, metadata = pt2._open(model_file, metadata)
-    if metadata.get("task", "classification") != "classification":
+    model, metadata = pt2._open(model_file, classes, transform)
+    if metadata["task"] != "classification":
         raise ValueError("torchtl.quantize makes int8 packages of classification models; "
-                         f"{metadata.get('builder')} is a {metadata['task']} model (export it in float32 with torchtl.export)")
-    transform = metadata.get("transform") or {}
-    size = pt2._size_pair(example_size if example_size is not None else transform.get("crop_size", 224))
+                         f"{metadata['builder']} is a {metadata['task']} model (export it in float32 with torchtl.export)")
+    eval_transform = metadata["transform"] or {}
+    size = pt2._size_pair(example_size if example_size is not None else eval_transform.get("crop_size", 224))
     if size[0] != size[1]:
         raise ValueError(f"torchtl's evaluation transform crops squares; got example_size {example_size!r}")
     model = model.eval().cpu()
     twin = model.to_torchvision().eval()
-    calibration = _images(_loader(calibration_map_file, size[0], transform, batch_size), calibration_images)
-    checked = calibration if check_map_file is None else _images(_loader(check_map_file, size[0], transform,
+    calibration = _images(_loader(calibration_map_file, size[0], eval_transform, batch_size), calibration_images)
+    checked = calibration if check_map_file is None else _images(_loader(check_map_file, size[0], eval_transform,
                                                                          batch_size), None)
     program = _int8_program(model, calibration[:2], calibration, batch_size, dynamic_batch)
-    metadata["package"] = {"input_size": list(size), "dynamic_batch": bool(dynamic_batch), "device": "cpu",
-                           "precision": "int8", "output": "logits"}
-    files = pt2._compile(program, calibration[:2], metadata["package"], "classification", None)
+    package = {"input_size": list(size), "dynamic_batch": bool(dynamic_batch), "device": "cpu", "precision": "int8",
+               "output": "logits"}
+    files = pt2._compile(program, calibration[:2], package, "classification", None)
     references = {"torchtl": model, "torchvision": twin}
     if fast_path.cpu_supports_bf16():
         def torchtl_bf16(x):
@@ -130,11 +130,11 @@ def quantize(model_file, calibration_map_file, out, *, example_size=None, check_
         speed_references = {**references, "torchtl_bf16": torchtl_bf16}
     else:
         speed_references = references
-    record = pt2._check(out, files, metadata, "classification", {"real": checked}, references, pt2.RELATIVE_TOLERANCE,
+    record = pt2._check(out, files, metadata, package, "classification", {"real": checked}, references, pt2.RELATIVE_TOLERANCE,
                         speed_repeats, speed_batch=checked[:batch_size], speed_runs=speed_references)
     record["tolerance"] = {"min_top1_agreement": min_agreement, "against": "torchtl"}
     record["calibration"] = {"map_file": os.fspath(calibration_map_file), "images": len(calibration)}
-    record.update(builder=metadata.get("builder"), example_size=list(size), dynamic_batch=bool(dynamic_batch))
+    record["builder"] = metadata["builder"]
     agreement = record["checks"]["real"]["against_torchtl"]["top1_agreement"]
     gap = None
     if not agreement >= min_agreement:

@@ -1,7 +1,6 @@
 #include "predict/compiled_model.h"
 
 #include <ATen/ATen.h>
-#include <caffe2/serialize/inline_container.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
@@ -9,12 +8,11 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "io/model_file.h"
+
 namespace torchtl::predict {
 
 namespace {
-
-// Where torchtl.export puts the model file's record: the same name as inside a model file.
-constexpr const char* kModelRecord = "extra/torchtl_model.json";
 
 std::string required(const std::unordered_map<std::string, std::string>& metadata, const std::string& key,
                      const std::string& path) {
@@ -41,15 +39,11 @@ std::vector<int64_t> parse_size(const std::string& text, const std::string& path
   return size;
 }
 
-std::string read_record(const std::string& path) {
-  caffe2::serialize::PyTorchStreamReader reader(path);
-  TORCH_CHECK(reader.hasRecord(kModelRecord), "'", path, "' holds no ", kModelRecord,
-              ": write it with torchtl.export or `torchtl export`");
-  auto [data, size] = reader.getRecord(kModelRecord);
-  return std::string(static_cast<const char*>(data.get()), size);
-}
-
 }  // namespace
+
+bool is_compiled_package(const std::string& path) {
+  return path.size() > 4 && path.compare(path.size() - 4, 4, ".pt2") == 0;
+}
 
 CompiledModel::CompiledModel(const std::string& package_path, std::optional<torch::Device> device)
     : path_(package_path), device_(torch::kCPU) {
@@ -79,7 +73,11 @@ CompiledModel::CompiledModel(const std::string& package_path, std::optional<torc
     TORCH_CHECK(!device || device->is_cpu(), "'", package_path, "' was compiled for the CPU and runs there, not on ",
                 device->str(), "; export it again with device='cuda' to run it on a GPU");
   }
-  model_record_ = read_record(package_path);
+  // torchtl.export puts the model file's record under the name a model file gives it.
+  auto record = io::read_model_record(package_path);
+  TORCH_CHECK(record.has_value(), "'", package_path, "' holds no ", io::kModelRecord,
+              ": write it with torchtl.export or `torchtl export`");
+  model_record_ = std::move(*record);
   loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package_path, "model", false, 1, index);
 }
 

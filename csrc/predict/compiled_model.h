@@ -7,6 +7,9 @@
 //
 //   torchtl::predict::CompiledModel model("resnet18.pt2");
 //   auto logits = model.forward(batch);  // float32 N x 3 x H x W, normalised
+//
+// It is a ModelRunner, so torchtl::Predictor runs it with the package's own metadata: a
+// Predictor opened on a path ending in .pt2 does (predict/predictor.h).
 #include <torch/types.h>
 
 #include <cstdint>
@@ -15,19 +18,24 @@
 #include <string>
 #include <vector>
 
+#include "predict/model_runner.h"
+
 namespace torch::inductor {
 class AOTIModelPackageLoader;
 }
 
 namespace torchtl::predict {
 
-class CompiledModel {
+// Whether `path` names an AOTInductor package (its name ends in .pt2, as torch requires of them).
+bool is_compiled_package(const std::string& path);
+
+class CompiledModel : public ModelRunner {
  public:
   // Loads the package onto the device it was compiled for (CUDA packages: `device`'s index, default
   // the current device). Throws naming the path when the file is missing, is no AOTInductor package,
   // was not written by torchtl.export, or is for CUDA on a machine without it.
   explicit CompiledModel(const std::string& package_path, std::optional<torch::Device> device = std::nullopt);
-  ~CompiledModel();
+  ~CompiledModel() override;
   CompiledModel(CompiledModel&&) noexcept;
   CompiledModel& operator=(CompiledModel&&) noexcept;
 
@@ -35,9 +43,9 @@ class CompiledModel {
   // scores N x classes x H x W. A classification package takes exactly its input size (anything
   // else throws, naming both); a segmentation package's input is resized to its size and the
   // scores resized back bilinearly (align_corners=False, as the model resizes its own output).
-  torch::Tensor forward(const torch::Tensor& batch);
+  torch::Tensor forward(const torch::Tensor& batch) override;
 
-  torch::Device device() const { return device_; }
+  torch::Device device() const override { return device_; }
   const std::string& task() const { return task_; }
   // Height and width the package was compiled for.
   const std::vector<int64_t>& input_size() const { return input_size_; }

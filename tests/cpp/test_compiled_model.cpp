@@ -11,6 +11,7 @@
 #include "harness.h"
 #include "io/weights.h"
 #include "predict/compiled_model.h"
+#include "predict/predictor.h"
 
 using torchtl::testing::contains;
 using torchtl::predict::CompiledModel;
@@ -53,7 +54,22 @@ TORCHTL_TEST(package_carries_the_model_record) {
   CompiledModel model(python_package("resnet18.pt2"));
   const auto& record = model.model_record();
   EXPECT(contains(record, "\"builder\": \"resnet18\"")) << record;
-  EXPECT(contains(record, "\"circle\"") && contains(record, "\"crop_size\": 224")) << record;
+  EXPECT(contains(record, "\"circle\"") && contains(record, "\"crop_size\": 64")) << record;
+}
+
+TORCHTL_TEST(predictor_runs_a_package_as_it_runs_the_model_file) {
+  const auto image = python_package("image.png");
+  const torchtl::Predictor from_file(python_package("resnet18.pt"), torch::Device(torch::kCPU));
+  const torchtl::Predictor from_package(python_package("resnet18.pt2"));
+  EXPECT(from_package.device().is_cpu() && from_package.task() == "classification");
+  EXPECT(from_package.metadata().label(1) == "square");
+  const auto a = from_file.classify({image}, 3)[0];
+  const auto b = from_package.classify({image}, 3)[0];
+  EXPECT(a.size() == 3 && b.size() == 3);
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    EXPECT(a[i].label == b[i].label) << i << ": " << a[i].label << " vs " << b[i].label;
+    EXPECT(std::abs(a[i].probability - b[i].probability) < 1e-5) << a[i].probability << " vs " << b[i].probability;
+  }
 }
 
 TORCHTL_TEST(package_errors_name_the_file_and_the_gap) {

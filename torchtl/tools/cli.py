@@ -539,7 +539,9 @@ def cmd_predict(args):
     from torchtl import data
     from torchtl.tools import compare
 
-    device = _device(args.device)
+    # A package (.pt2) runs where it was compiled to run unless --device says otherwise.
+    package = args.checkpoint.endswith(".pt2")
+    device = None if package and args.device is None else _device(args.device)
     images = _images(args.images)
     with tempfile.TemporaryDirectory() as folder:
         # torchtl.Predictor is the C++ Predictor that the C++ predict program runs: one implementation.
@@ -779,7 +781,8 @@ def build_parser():
     p = add(sub, "predict", cmd_predict, "top-k classes, or a class-index mask and an overlay PNG, for images")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True,
-                   help="model file: best.pt of a train run or torchtl.save_model's file (required)")
+                   help="model file: best.pt of a train run or torchtl.save_model's file, or a package (.pt2) "
+                        "of torchtl export / quantize (required)")
     p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (at most all)")
     p.add_argument("--out", default="predictions",
                    help="segmentation: folder for <image>_mask.png (class indices) and <image>_overlay.png")
