@@ -65,7 +65,9 @@ def step_cuda_tests(tmp):
     if not torch.cuda.is_available():
         return {"status": "skipped", "summary": "no CUDA device: the cuda-marked tests would only skip"}
     junit = os.path.join(tmp, "cuda_tests.xml")
+    # A test module that imports what this machine lacks (torchao, smp) must not hide the others.
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                           "--continue-on-collection-errors",
                            f"--junitxml={junit}", "tests"], cwd=ROOT, capture_output=True, text=True)
     tail = (proc.stdout + proc.stderr).strip().splitlines()
     return {"status": "passed" if proc.returncode == 0 else "failed", "summary": tail[-1] if tail else "",
