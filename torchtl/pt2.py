@@ -287,9 +287,8 @@ def export(model, path, *, example_size=(224, 224), dynamic_batch: bool = True, 
     real = _real_inputs(images, size, metadata)
     if real is not None:
         inputs["real"] = real.to(device)
-    record = _check(path, files, metadata, package, task, inputs, {"torchtl": lambda x: _scores(model(x)),
-                                                          "torchvision": lambda x: _scores(twin(x))},
-                    tolerance, speed_repeats)
+    references = {"torchtl": lambda x: _scores(model(x)), "torchvision": lambda x: _scores(twin(x))}
+    record = _check(path, files, metadata, package, task, inputs, references, tolerance, speed_repeats)
     record["builder"] = metadata["builder"]
     return _finish(path, files, metadata, record, check_parity(record, tolerance))
 
