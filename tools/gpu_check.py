@@ -212,8 +212,7 @@ def step_predictor(tmp):
     images = [os.path.join(os.path.dirname(maps["val"]), p) for p in images]
     cpu = torchtl.Predictor(path, device="cpu").classify(images, 1)
     gpu = torchtl.Predictor(path, device="cuda").classify(images, 1)
-    labels = lambda ps: [p[0].label if hasattr(p[0], "label") else p[0]["label"] for p in ps]  # noqa: E731
-    agree = sum(a == b for a, b in zip(labels(cpu), labels(gpu))) / len(images)
+    agree = sum(a[0].label == b[0].label for a, b in zip(cpu, gpu)) / len(images)
     return {"status": "passed" if agree == 1.0 else "failed",
             "summary": f"{len(images)} images: CUDA top-1 equals the CPU's on {agree:.0%}"}
 
