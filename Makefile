@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: build test cpp-build cpp-test demo bench clean
+.PHONY: build test cpp-build cpp-test demo bench clean gpu-check
 
 $(DEPS): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: build
 	$(PY) benchmarks/data_loader.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/time_shares.py
+
+# For a lent GPU machine, which has torch but no package registry: no venv, no installs from the
+# network; tools/gpu_check.py installs torchtl against that machine's torch (docs/deployment.md).
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py
 
 clean:
 	rm -rf build torchtl/*.so *.egg-info

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ["README.md"] + [f"docs/{name}.md" for name in ("data", "training", "command_line", "models", "cpp", "performance")]
+PAGES = ["README.md"] + [f"docs/{name}.md" for name in ("data", "training", "command_line", "models", "cpp", "performance",
+                                                                  "deployment")]
 SKIP = re.compile(r"<!-- not run by tests/test_readme\.py: (.+?) -->\s*$")
 
 

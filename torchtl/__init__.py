@@ -4,17 +4,19 @@ import importlib
 __version__ = "0.1.0"
 __all__ = ["augment", "data", "engine", "models", "reference", "segmentation", "load_weights", "export_traced",
            "WeightsMismatchError", "save_model", "load_model", "read_model_metadata", "Predictor", "Prediction",
-           "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"]
+           "exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16", "export", "quantize"]
 
 # `import torchtl` stays light so that the `torchtl` command answers --help and --version without
 # loading torch (seconds). The library loads on first use, torch and torchvision always before the
 # extension.
-_SUBMODULES = {"_C", "augment", "data", "engine", "fast_path", "model_file", "models", "reference", "segmentation",
-               "tools", "weights"}
+_SUBMODULES = {"_C", "augment", "data", "engine", "fast_path", "model_file", "models", "pt2", "quantization",
+               "reference", "segmentation", "tools", "weights"}
 _WEIGHTS = {"load_weights", "export_traced", "WeightsMismatchError"}
 _FAST_PATH = {"exact_mode", "set_exact_mode", "is_exact_mode", "cpu_supports_bf16"}
 _MODEL_FILE = {"save_model", "load_model", "read_model_metadata"}
 _PREDICT = {"Predictor", "Prediction"}  # the C++ classes themselves (csrc/predict/predictor.h)
+# Functions living in a module of another name (torchtl.export is the function, not torchtl/pt2.py).
+_FUNCTIONS = {"export": "torchtl.pt2", "quantize": "torchtl.quantization"}
 
 
 def __getattr__(name):
@@ -25,6 +27,8 @@ def __getattr__(name):
         return importlib.import_module(f"torchtl.{name}")
     if name in _WEIGHTS:
         return getattr(importlib.import_module("torchtl.weights"), name)
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
     if name in _FAST_PATH:
         return getattr(importlib.import_module("torchtl.fast_path"), name)
     if name in _PREDICT:
@@ -35,4 +39,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS | _FAST_PATH | _MODEL_FILE | _PREDICT)
+    return sorted(set(globals()) | _SUBMODULES | _WEIGHTS | _FAST_PATH | _MODEL_FILE | _PREDICT | set(_FUNCTIONS))

@@ -207,8 +207,10 @@ std::optional<std::string> read_model_record(const std::string& path) {
   }
   TORCH_CHECK_VALUE(!reader->hasRecord("constants.pkl"), "'", path, "' is not a model file: a TorchScript archive ",
                     "(torch.jit.save); a model file is torch.save's state dict (torchtl.save_model)");
-  TORCH_CHECK_VALUE(reader->hasRecord("data.pkl"), "'", path, "' is not a model file: a PyTorch archive without ",
-                    "data.pkl (not torch.save output)");
+  // An AOTInductor package from torchtl.export carries the same record beside its compiled model.
+  const bool package = reader->hasRecord("archive_format");
+  TORCH_CHECK_VALUE(package || reader->hasRecord("data.pkl"), "'", path, "' is not a model file: a PyTorch archive ",
+                    "without data.pkl (not torch.save output)");
   if (!reader->hasRecord(kModelRecord)) return std::nullopt;
   try {
     auto [data, size] = reader->getRecord(kModelRecord);

@@ -68,7 +68,7 @@ void check_model_metadata(const ModelMetadata& metadata, const std::string& sour
 
 // The file's record; nothing for a torch.save file without one (a bare state dict, a file of an
 // earlier torchtl). Throws naming the path when the file is missing, is not a PyTorch archive, or
-// its record is damaged.
+// its record is damaged. An AOTInductor package of torchtl.export (.pt2) holds the record too.
 std::optional<ModelMetadata> read_model_metadata(const std::string& path);
 // The record's text as stored (what Python's read_model_metadata returns), or nothing.
 std::optional<std::string> read_model_record(const std::string& path);

@@ -1,5 +1,7 @@
 #include "predict/predictor.h"
 
+#include "predict/compiled_model.h"
+
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 
@@ -85,13 +87,28 @@ data::ThreadedLoader image_loader(const std::vector<ImageSource>& images, Transf
 
 }  // namespace
 
-Predictor::Predictor(const std::string& model_file, std::optional<torch::Device> device, PredictorOptions options)
-    : Predictor(std::make_shared<predict::ModuleRunner>(load_model(model_file), device.value_or(default_device())),
-                model_file, std::move(options)) {}
+namespace {
 
-Predictor::Predictor(const std::shared_ptr<predict::ModuleRunner>& runner, const std::string& source,
-                     PredictorOptions options)
-    : Predictor(runner, runner->model().metadata, source, std::move(options)) {}
+// The runner for a model file or a package, and the metadata that feeds it.
+std::pair<std::shared_ptr<predict::ModelRunner>, io::ModelMetadata> open_model(const std::string& path,
+                                                                               std::optional<torch::Device> device) {
+  if (predict::is_compiled_package(path)) {
+    auto runner = std::make_shared<predict::CompiledModel>(path, device);
+    return {runner, io::parse_model_metadata(runner->model_record(), path)};
+  }
+  auto runner = std::make_shared<predict::ModuleRunner>(load_model(path), device.value_or(default_device()));
+  auto metadata = runner->model().metadata;
+  return {std::move(runner), std::move(metadata)};
+}
+
+}  // namespace
+
+Predictor::Predictor(const std::string& model_file, std::optional<torch::Device> device, PredictorOptions options)
+    : Predictor(open_model(model_file, device), model_file, std::move(options)) {}
+
+Predictor::Predictor(std::pair<std::shared_ptr<predict::ModelRunner>, io::ModelMetadata> opened,
+                     const std::string& source, PredictorOptions options)
+    : Predictor(std::move(opened.first), std::move(opened.second), source, std::move(options)) {}
 
 Predictor::Predictor(std::shared_ptr<predict::ModelRunner> runner, io::ModelMetadata metadata, std::string source,
                      PredictorOptions options)

@@ -59,7 +59,9 @@ struct PredictorOptions {
 
 class Predictor {
  public:
-  // Loads a model file (torchtl::load_model). `device`: default CUDA when available, else the CPU.
+  // Loads a model file (torchtl::load_model), or an AOTInductor package from torchtl.export /
+  // torchtl.quantize when the path ends in .pt2 (predict/compiled_model.h). `device`: default CUDA
+  // when available, else the CPU; a package runs on the device it was compiled for.
   // Throws naming the file and the field when it is no model file or has no evaluation transform.
   explicit Predictor(const std::string& model_file, std::optional<torch::Device> device = std::nullopt,
                      PredictorOptions options = {});
@@ -81,7 +83,8 @@ class Predictor {
   const PredictorOptions& options() const { return options_; }
 
  private:
-  Predictor(const std::shared_ptr<predict::ModuleRunner>& runner, const std::string& source, PredictorOptions options);
+  Predictor(std::pair<std::shared_ptr<predict::ModelRunner>, io::ModelMetadata> opened, const std::string& source,
+            PredictorOptions options);
   void check_task(const std::string& task, const char* call) const;
 
   std::shared_ptr<predict::ModelRunner> runner_;

@@ -78,6 +78,14 @@ class _BothSizes(argparse.Action):
         namespace.base_size = namespace.crop_size = values
 
 
+class _SizeGiven(argparse.Action):
+    """--size that remembers it was given (quantize's default is the model file's crop size)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.size = values
+        namespace.size_given = True
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` where there is a default to show."""
 
@@ -179,6 +187,72 @@ def cmd_export_weights(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     torchtl.export_traced(model, args.out, torch.randn(1, 3, args.size, args.size))
     print(f"wrote {args.out} (traced {args.model}, {sum(p.numel() for p in model.parameters())} parameters)")
+
+
+def _model_to_package(args):
+    """The model ``torchtl export`` / ``quantize`` compile: a model file, or --model with random weights."""
+    import warnings
+
+    import torchtl
+
+    if args.model_file:
+        _existing_file(args.model_file, "model file")
+        return args.model_file
+    if not args.model:
+        raise UsageError("give a model file (a torchtl model file or a C++ program's best.pt), or --model")
+    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _builder(args.model)(**kwargs)
+    print(f"note: no model file given; {args.model} is exported with random weights", file=sys.stderr)
+    return model
+
+
+def _print_parity(record):
+    for inputs, checks in record["checks"].items():
+        for against, d in checks.items():
+            agreement = next(v for k, v in d.items() if k.endswith("_agreement"))
+            print(f"{inputs} inputs {list(record['inputs'][inputs])}, {against.replace('_', ' ')}: "
+                  f"largest error {d['max_abs_error']:.3g} on outputs up to {d['max_abs_reference']:.3g} "
+                  f"(relative {d['relative_error']:.3g}, tolerance {record['tolerance']['relative']:g}), "
+                  f"agreement {agreement:.1%}")
+    speed = record.get("speed")
+    if speed:
+        ratios = ", ".join(f"{k[len('package_vs_'):]} {v:.2f}x" for k, v in speed.items() if k.startswith("package_vs_"))
+        print(f"speed (batch {speed['batch']}, load average {speed['load_average']:.1f}): the package runs at {ratios}")
+
+
+def _package_size(args):
+    if len(args.size) > 2:
+        raise UsageError(f"--size takes SIZE or HEIGHT WIDTH, got {len(args.size)} numbers")
+    return args.size[0] if len(args.size) == 1 else tuple(args.size)
+
+
+def cmd_export(args):
+    import torchtl
+
+    model = _model_to_package(args)
+    device = "cpu" if args.device is None else _device(args.device)
+    record = torchtl.export(model, args.out, example_size=_package_size(args), dynamic_batch=not args.static_batch,
+                            device=device, images=args.images or None)
+    _print_parity(record)
+    print(f"wrote {args.out} and its parity record {os.path.splitext(args.out)[0]}.parity.json")
+
+
+def cmd_quantize(args):
+    import torchtl
+
+    _existing_file(args.calibration, "calibration map file")
+    if args.check:
+        _existing_file(args.check, "check map file")
+    model = _model_to_package(args)
+    size = _package_size(args)
+    record = torchtl.quantize(model, args.calibration, args.out, example_size=size if args.size_given else None,
+                              check_map_file=args.check, calibration_images=args.calibration_images,
+                              min_agreement=args.min_agreement)
+    _print_parity(record)
+    print(f"wrote {args.out} (int8, calibrated on {record['calibration']['images']} images) and its parity record "
+          f"{os.path.splitext(args.out)[0]}.parity.json")
 
 
 def _train_maps(args):
@@ -465,7 +539,9 @@ def cmd_predict(args):
     from torchtl import data
     from torchtl.tools import compare
 
-    device = _device(args.device)
+    # A package (.pt2) runs where it was compiled to run unless --device says otherwise.
+    package = args.checkpoint.endswith(".pt2")
+    device = None if package and args.device is None else _device(args.device)
     images = _images(args.images)
     with tempfile.TemporaryDirectory() as folder:
         # torchtl.Predictor is the C++ Predictor that the C++ predict program runs: one implementation.
@@ -608,6 +684,33 @@ def build_parser():
     p.add_argument("--num-classes", type=positive_int, help="default: the builder's (1000, or 21 for segmentation)")
     p.add_argument("--size", type=image_size, default=224, help="example input size used for tracing")
 
+    def package_options(p):
+        p.add_argument("model_file", nargs="?", help="torchtl model file (or a C++ program's best.pt)")
+        p.add_argument("--out", required=True, help="package path, e.g. model.pt2")
+        p.add_argument("--model", "--arch", dest="model", help="without a model file: this builder, random weights")
+        p.add_argument("--num-classes", type=positive_int, help="with --model: the head's classes")
+
+    p = add(sub, "export", cmd_export, "compile a model into an AOTInductor package (.pt2) for plain LibTorch, "
+            "checked against torchtl and torchvision (parity record beside it)")
+    package_options(p)
+    p.add_argument("--size", type=image_size, nargs="+", default=[224],
+                   help="input size the package takes: SIZE or HEIGHT WIDTH")
+    p.add_argument("--images", nargs="+", help="image files or folders checked as real inputs (up to 32 images)")
+    p.add_argument("--static-batch", action="store_true", help="a package for batches of 2 only")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]: where the package runs")
+
+    p = add(sub, "quantize", cmd_quantize, "int8 AOTInductor package (.pt2) of a classification model for the CPU: "
+            "post-training static quantization calibrated on a map file's images, checked against fp32")
+    package_options(p)
+    p.set_defaults(size_given=False)
+    p.add_argument("--size", type=image_size, nargs="+", action=_SizeGiven, default=[224],
+                   help="input size the package takes (default: the model file's crop size)")
+    p.add_argument("--calibration", required=True, help="map file whose images calibrate the int8 ranges")
+    p.add_argument("--calibration-images", type=positive_int, default=256, help="calibrate on the first N images")
+    p.add_argument("--check", help="map file of the images compared with fp32 (default: the calibration images)")
+    p.add_argument("--min-agreement", type=_number(float, 0, maximum=1.0000001), default=0.99,
+                   help="least top-1 agreement with fp32 accepted")
+
     train_tasks = tasks(add(sub, "train", cmd_train, "train a model with the C++ engine (checkpoints, "
                             "history.json and config.json in --output-dir)"))
     for task, d in (("classification", CLASSIFICATION), ("segmentation", SEGMENTATION)):
@@ -678,7 +781,8 @@ def build_parser():
     p = add(sub, "predict", cmd_predict, "top-k classes, or a class-index mask and an overlay PNG, for images")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True,
-                   help="model file: best.pt of a train run or torchtl.save_model's file (required)")
+                   help="model file: best.pt of a train run or torchtl.save_model's file, or a package (.pt2) "
+                        "of torchtl export / quantize (required)")
     p.add_argument("--topk", type=positive_int, default=5, help="classes printed per image (at most all)")
     p.add_argument("--out", default="predictions",
                    help="segmentation: folder for <image>_mask.png (class indices) and <image>_overlay.png")
