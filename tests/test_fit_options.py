@@ -10,9 +10,9 @@ from torchtl import _C
 
 CPP = _C.engine.FIT_OPTIONS
 
-# Options that Python derives instead of taking them: the optimizer instance's groups, and
-# torch.distributed's default group.
-DERIVED = {"param_groups", "process_group"}
+# Options that Python derives instead of taking them: the optimizer instance's groups,
+# torch.distributed's default group, and the model file's metadata (from the model and the loaders).
+DERIVED = {"param_groups", "process_group", "model_metadata"}
 # Options the C++ fit takes ahead of the options redesign (issue 25), which generates their Python
 # keywords and command-line flags from the table.
 CPP_ONLY = {"norm_weight_decay", "bias_weight_decay", "lr_warmup_method", "lr_warmup_decay", "lr_min"}

@@ -174,8 +174,10 @@ def fit_metadata(model, train_loader, val_loader) -> str:
     """The record ``engine.fit`` writes into ``best.pt``, as JSON: class names from the loaders'
     dataset (a map file's classes file, an ImageFolder's ``classes``), the evaluation transform from
     the validation (else training) dataset's torchtl transform, null when neither has one. Empty
-    for a model no torchtl builder made: its best.pt stays a bare state dict."""
-    if getattr(model, "_builder", None) is None:
+    for a model no torchtl builder made, and for segmentation_models_pytorch's architectures, whose
+    builders the model-file format does not name yet: their best.pt stays a bare state dict."""
+    builder = getattr(model, "_builder", None)
+    if builder is None or builder[0] == "torchtl.segmentation_models":
         return ""
     loaders = [loader for loader in (val_loader, train_loader) if loader is not None]
     classes = next((c for c in (_loader_attribute(loader, "classes") for loader in loaders) if c is not None), None)
