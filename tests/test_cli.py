@@ -311,6 +311,18 @@ def test_a_failing_or_second_run_keeps_the_earlier_one(cls_run, capsys):
     assert {name: (run_dir / name).read_bytes() for name in before} == before
 
 
+def test_a_run_folder_without_last_pt_says_how_to_start_again(cls_run, capsys, tmp_path):
+    run_dir, argv = cls_run
+    copy = tmp_path / "no_last"
+    copy.mkdir()
+    (copy / "best.pt").write_bytes((run_dir / "best.pt").read_bytes())
+    argv = [*argv[:argv.index("--output-dir")], "--output-dir", copy, *argv[argv.index("--output-dir") + 2:]]
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert "holds files of an earlier run (best.pt) but no last.pt" in err and "--resume" not in err
+    assert (copy / "best.pt").read_bytes() == (run_dir / "best.pt").read_bytes() and not (copy / "last.pt").exists()
+
+
 def test_resume_continues_the_run(cls_run, capsys):
     run_dir, argv = cls_run
     config = (run_dir / "config.json").read_text()

@@ -286,15 +286,18 @@ inline std::string default_output_dir(const std::string& task, const std::string
   return "runs/" + task + "_" + model;
 }
 
-// A run folder that already holds an earlier run is continued with --resume, never overwritten.
+// A run folder that already holds an earlier run is continued with --resume, never overwritten;
+// without its last.pt (removed, or a run killed in its first writes) there is nothing to resume.
 inline void check_output_dir(const std::string& out, const std::string& resume) {
   if (!resume.empty()) return;
-  for (const char* file : {"best.pt", "last.pt"}) {
-    std::ifstream earlier(out + "/" + file);
-    if (earlier.good()) {
-      throw UsageError(out + " already holds a run (" + file + "); choose another --output-dir, or continue it with --resume " +
-                       out + "/last.pt");
-    }
+  const auto exists = [&](const char* file) { return std::ifstream(out + "/" + file).good(); };
+  if (exists("last.pt")) {
+    throw UsageError(out + " already holds a run (last.pt); choose another --output-dir, or continue it with --resume " +
+                     out + "/last.pt");
+  }
+  if (exists("best.pt")) {
+    throw UsageError(out + " holds files of an earlier run (best.pt) but no last.pt, so that run cannot be resumed; "
+                     "to start a new one, move best.pt out of it or choose another --output-dir");
   }
 }
 

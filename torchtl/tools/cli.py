@@ -275,9 +275,13 @@ def _output_dir(args):
                               else os.path.join("runs", f"{args.task}_{args.model}"))
     if not args.resume:
         earlier = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
-        if earlier:
+        if earlier and "last.pt" in earlier:
             raise UsageError(f"{out} already holds a run ({', '.join(earlier)}); choose another --output-dir, "
                              f"or continue it with --resume {os.path.join(out, 'last.pt')}")
+        if earlier:  # no last.pt (removed, or a run killed in its first writes): nothing to resume
+            raise UsageError(f"{out} holds files of an earlier run ({', '.join(earlier)}) but no last.pt, so that "
+                             f"run cannot be resumed; to start a new one, move {', '.join(earlier)} out of it or "
+                             "choose another --output-dir")
     return out
 
 
