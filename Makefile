@@ -20,7 +20,7 @@ build: $(DEPS)
 # pytest for the Python package, then ctest for the C++ library, programs and the weights that
 # cross between Python and C++.
 test: build cpp-build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 	ctest --test-dir $(CPP_BUILD) --output-on-failure -j2
 
 # The C++ core as a plain CMake project against the venv's libtorch; the venv's python only
