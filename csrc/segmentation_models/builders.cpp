@@ -75,6 +75,17 @@ class ArgumentReader {
   std::set<std::string> used_;
 };
 
+// Unet and UnetPlusPlus take the same arguments (smp's UnetPlusPlus reuses Unet's decoder blocks).
+template <typename Options>
+void read_unet_arguments(ArgumentReader& reader, Options& o) {
+  reader.read_common(o);
+  reader.read("decoder_use_norm", o.decoder_use_norm());
+  reader.read("decoder_channels", o.decoder_channels());
+  reader.read("decoder_attention_type", o.decoder_attention_type());
+  reader.read("decoder_interpolation", o.decoder_interpolation());
+  reader.finish();
+}
+
 }  // namespace
 
 const std::vector<std::string>& architecture_names() {
@@ -87,12 +98,7 @@ std::shared_ptr<SegmentationModelImpl> make_model(const std::string& arch, const
   std::shared_ptr<SegmentationModelImpl> model;
   if (arch == "Unet") {
     UnetOptions o;
-    reader.read_common(o);
-    reader.read("decoder_use_norm", o.decoder_use_norm());
-    reader.read("decoder_channels", o.decoder_channels());
-    reader.read("decoder_attention_type", o.decoder_attention_type());
-    reader.read("decoder_interpolation", o.decoder_interpolation());
-    reader.finish();
+    read_unet_arguments(reader, o);
     model = Unet(o).ptr();
   } else if (arch == "DeepLabV3Plus") {
     DeepLabV3PlusOptions o;
@@ -107,12 +113,7 @@ std::shared_ptr<SegmentationModelImpl> make_model(const std::string& arch, const
     model = DeepLabV3Plus(o).ptr();
   } else if (arch == "UnetPlusPlus") {
     UnetPlusPlusOptions o;
-    reader.read_common(o);
-    reader.read("decoder_use_norm", o.decoder_use_norm());
-    reader.read("decoder_channels", o.decoder_channels());
-    reader.read("decoder_attention_type", o.decoder_attention_type());
-    reader.read("decoder_interpolation", o.decoder_interpolation());
-    reader.finish();
+    read_unet_arguments(reader, o);
     model = UnetPlusPlus(o).ptr();
   } else if (arch == "FPN") {
     FPNOptions o;
